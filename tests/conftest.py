@@ -1,0 +1,5 @@
+pytest_plugins = [
+    "tests.plugins.backends",
+    "tests.plugins.sshd",
+    "tests.plugins.slurm",
+]

@@ -1,0 +1,1 @@
+"""Fixture plugin (slurm): filled in by its backend."""

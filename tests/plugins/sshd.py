@@ -1,0 +1,1 @@
+"""Fixture plugin (sshd): filled in by its backend."""
