@@ -41,15 +41,18 @@ def check_safe(value: str, what: str) -> str:
 class Slot:
     host: str  # "local" for the local backend; a host alias otherwise
     gpu: int | None  # None is a CPU slot
+    index: int = 0  # tells CPU slots apart: keys must be unique, or two jobs share one slot
 
     @property
     def key(self) -> str:
-        return f"{self.host}:{'cpu' if self.gpu is None else self.gpu}"
+        return f"{self.host}:{f'cpu{self.index}' if self.gpu is None else self.gpu}"
 
     @staticmethod
     def from_key(key: str) -> "Slot":
-        host, _, gpu = key.rpartition(":")
-        return Slot(host, None if gpu.startswith("cpu") else int(gpu))
+        host, _, tail = key.rpartition(":")
+        if tail.startswith("cpu"):
+            return Slot(host, None, int(tail[3:] or 0))
+        return Slot(host, int(tail))
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,7 @@ class LocalBackend:
     def slots(self) -> list[Slot]:
         """Free GPUs by nvidia-smi, or CPU slots on a machine without one."""
         if not self.has_gpus():
-            return [Slot("local", None) for _ in range(self.cpu_slots)] if self.allowed_gpus is None else []
+            return [Slot("local", None, i) for i in range(self.cpu_slots)] if self.allowed_gpus is None else []
         try:
             out = subprocess.run([self.nvidia_smi, *QUERY_ARGS], capture_output=True, text=True,
                                  timeout=10, check=False).stdout
@@ -78,25 +78,46 @@ class LocalBackend:
             raise LaunchFailed(f"{job.job_id}: cannot start wrapper: {exc}") from exc
         ident = procs.identity(proc.pid) or f"{proc.pid}:?"
         handle = Handle("local", ident, "local", str(job_dir), str(log))
-        self._verify_started(proc, job_dir, handle)
-        threading.Thread(target=self._wait, args=(proc, handle), daemon=True,
+        threading.Thread(target=self._watch, args=(proc, handle), daemon=True,
                          name=f"wait-{job.job_id}").start()
         return handle
 
-    def _verify_started(self, proc: subprocess.Popen, job_dir: Path, handle: Handle) -> None:
+    def _watch(self, proc: subprocess.Popen, handle: Handle) -> None:
+        """Verify the launch, then wait for the exit; both off the caller's thread.
+
+        Waiting for `started` inside submit() would serialise every launch behind a shell start.
+        A wrapper that never writes `started` within the bound is killed, and the attempt then
+        reads as lost (no exit file), which the retry policy handles like any lost job.
+        """
+        started = Path(handle.job_dir) / "started"
         deadline = time.monotonic() + self.launch_timeout_s
-        while not (job_dir / "started").exists():
-            if proc.poll() is not None and not (job_dir / "exit").exists():
-                raise LaunchFailed(f"wrapper exited with {proc.returncode} before starting the job")
+        while not started.exists() and proc.poll() is None:
             if time.monotonic() > deadline:
                 procs.terminate_group(proc.pid, 1.0)
-                raise LaunchFailed(f"no started file in {job_dir} within {self.launch_timeout_s}s")
-            time.sleep(0.001)
-
-    def _wait(self, proc: subprocess.Popen, handle: Handle) -> None:
+                break
+            time.sleep(0.002)
         proc.wait()
         if self.on_exit is not None:
             self.on_exit(handle)
+
+    def adopt(self, job: JobSpec, grace_s: float = 2.0) -> Handle | None:
+        """Find an attempt whose launch was not recorded (the daemon died mid-launch).
+
+        The wrapper writes its pid within milliseconds of starting, so a short grace covers a
+        launch that was still in flight; the cmdline check makes sure the pid is that wrapper.
+        """
+        job_dir = Path(job.job_dir)
+        deadline = time.monotonic() + grace_s
+        while not (job_dir / "pid").exists() and not (job_dir / "exit").exists():
+            if not job_dir.exists() or time.monotonic() > deadline:
+                return None
+            time.sleep(0.02)
+        try:
+            pid = int((job_dir / "pid").read_text())
+        except (OSError, ValueError):
+            pid = 0
+        ident = procs.identity(pid) if pid and _cmdline_has(pid, str(job_dir)) else None
+        return Handle("local", ident or f"{pid}:gone", "local", str(job_dir), job.log_path)
 
     def poll(self, handles: Sequence[Handle]) -> Mapping[Handle, RunStatus]:
         return {h: job_dir_status(h) for h in handles}
@@ -113,6 +134,13 @@ class LocalBackend:
 
     def fetch(self, handle: Handle, dest: Path) -> None:
         return None  # outputs are already where the job wrote them
+
+
+def _cmdline_has(pid: int, text: str) -> bool:
+    try:
+        return text.encode() in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
 
 
 def _pgid(handle: Handle) -> int:

@@ -5,14 +5,19 @@
 #   pid      the wrapper's pid (the process-group leader when started with setsid/screen)
 #   started  epoch seconds, written before the command starts
 #   exit     "<code> <epoch>", renamed into place so a reader never sees half a line
-# CMD is the researcher's own shell command; it runs in bash with pipefail when bash exists, so
-# `python train.py | tee x` cannot hide a crash.
+# CMD is the researcher's own shell command; under bash it runs with pipefail, so
+# `python train.py | tee x` cannot hide a crash. bash is preferred when present (re-exec below)
+# because its clock and subshells save several process spawns per job.
+if [ -z "${BASH_VERSION:-}" ] && command -v bash >/dev/null 2>&1; then
+    exec bash "$0" "$@"
+fi
 set -u
 job_dir=$1 log=$2 workdir=$3 gpu=$4 conda_hook=$5 conda_env=$6 cmd=$7
 
-mkdir -p "$job_dir" "$(dirname "$log")" || exit 96
-now() { date +%s.%N 2>/dev/null || date +%s; }
-put() { printf '%s\n' "$2" > "$job_dir/$1.tmp" && mv -f "$job_dir/$1.tmp" "$job_dir/$1"; }
+mkdir -p "$job_dir" "${log%/*}" || exit 96
+now() {
+    if [ -n "${EPOCHREALTIME:-}" ]; then printf '%s' "$EPOCHREALTIME"; else date +%s.%N 2>/dev/null || date +%s; fi
+}
 
 if [ -n "$gpu" ]; then
     CUDA_VISIBLE_DEVICES=$gpu
@@ -22,23 +27,22 @@ CUDA_DEVICE_ORDER=PCI_BUS_ID
 EB_JOB_DIR=$job_dir
 export CUDA_DEVICE_ORDER EB_JOB_DIR
 
-put pid "$$"
-put started "$(now)"
+# pid and started are written in place: a reader that finds one empty treats it as not there yet
+printf '%s\n' "$$" > "$job_dir/pid"
+printf '%s\n' "${EPOCHREALTIME:-$(now)}" > "$job_dir/started"
 
-shell=sh
-command -v bash >/dev/null 2>&1 && shell=bash
-script='
-cd -- "$1" || { echo "expbridge: cannot cd to $1" >&2; exit 97; }
-if [ -n "$2" ]; then
-    eval "$2" || { echo "expbridge: conda hook failed" >&2; exit 98; }
-    if [ -n "$3" ]; then conda activate "$3" || { echo "expbridge: conda activate $3 failed" >&2; exit 98; }; fi
-fi
-eval "$4"'
-if [ "$shell" = bash ]; then
-    bash -o pipefail -c "$script" eb-job "$workdir" "$conda_hook" "$conda_env" "$cmd" >>"$log" 2>&1 </dev/null
-else
-    sh -c "$script" eb-job "$workdir" "$conda_hook" "$conda_env" "$cmd" >>"$log" 2>&1 </dev/null
-fi
+(
+    [ -n "${BASH_VERSION:-}" ] && set -o pipefail
+    cd -- "$workdir" || { echo "expbridge: cannot cd to $workdir" >&2; exit 97; }
+    if [ -n "$conda_hook" ]; then
+        eval "$conda_hook" || { echo "expbridge: conda hook failed" >&2; exit 98; }
+        if [ -n "$conda_env" ]; then
+            conda activate "$conda_env" || { echo "expbridge: conda activate $conda_env failed" >&2; exit 98; }
+        fi
+    fi
+    unset job_dir log workdir gpu conda_hook conda_env
+    eval "$cmd"
+) >>"$log" 2>&1 </dev/null
 code=$?
-put exit "$code $(now)"
+printf '%s %s\n' "$code" "${EPOCHREALTIME:-$(now)}" > "$job_dir/exit.tmp" && mv -f "$job_dir/exit.tmp" "$job_dir/exit"
 exit "$code"

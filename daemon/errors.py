@@ -76,3 +76,9 @@ class CapacityUnavailable(BackendError):
 
 class UnsafeValue(BackendError):
     pass
+
+
+class HostUnreachable(BackendError):
+    """A remote host or the link to it failed (connect, auth, drop, timeout): infrastructure."""
+
+    retryable = True
