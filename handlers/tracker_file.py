@@ -1,0 +1,66 @@
+"""Atomic writes of people's files: temp file in the same directory, fsync, rename, fsync dir.
+
+The temp name starts with `.expbridge-tmp-`, which the watcher ignores; the returned sha256 lets
+it recognise our own write. Bytes round-trip exactly (surrogateescape), mode and owner are kept.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+TMP_PREFIX = ".expbridge-tmp-"
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def write_atomic(path: Path, text: str) -> str:
+    """Temp file in the same directory, fsync, rename over, fsync the directory. Keeps the mode
+    and, when we may, the owner (a root daemon must not take a person's file away from them)."""
+    path = Path(path)
+    if path.is_symlink():
+        path = path.resolve()  # replace the file the link points to, keep the person's link
+    data = text.encode("utf-8", "surrogateescape")
+    try:
+        st: os.stat_result | None = path.stat()
+    except FileNotFoundError:
+        st = None
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fchmod(f.fileno(), st.st_mode & 0o7777 if st is not None else 0o644)
+            if st is not None:
+                _keep_owner(f.fileno(), st)
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return hashlib.sha256(data).hexdigest()
+
+
+def _keep_owner(fd: int, st: os.stat_result) -> None:
+    if hasattr(os, "fchown") and (st.st_uid, st.st_gid) != (os.geteuid(), os.getegid()):
+        try:
+            os.fchown(fd, st.st_uid, st.st_gid)
+        except PermissionError:
+            pass  # not root: the file stays ours, as it would after any editor's save
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_text(path: Path) -> str:
+    """The file as text, every byte kept (CRLF, odd bytes): what the writers edit."""
+    return path.read_bytes().decode("utf-8", "surrogateescape")
