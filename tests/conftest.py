@@ -1,5 +1,6 @@
 pytest_plugins = [
     "tests.plugins.backends",
+    "tests.plugins.projects",
     "tests.plugins.sshd",
     "tests.plugins.slurm",
 ]

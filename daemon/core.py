@@ -1,0 +1,339 @@
+"""The core loop: one inbox, one thread that changes state, a pure decide() in the middle.
+
+Watchers, job waiters, timers and the CLI only post events. Each batch of events is applied in
+one SQLite transaction; launches are marked `launching` and committed before the backend is
+called, so a crash can never lose track of a started job (restart adopts it by its run dir).
+"""
+from __future__ import annotations
+
+import queue
+import re
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from backends.base import Handle, JobSpec, RunStatus, Slot
+from daemon import events as ev
+from daemon import hookflow, outputs, steer
+from daemon.errors import BackendError, ExpbridgeError
+from daemon.model import ACTIVE, JobState, PlanState
+from daemon.project import Project
+from daemon.store import DirLock, Store
+
+J, P = JobState, PlanState
+TERMINAL_PLAN = (P.DONE, P.BLOCKED, P.FAILED, P.AWAITING_APPROVAL)
+JOB_DIR = re.compile(r"/jobs/([^/]+)/a(\d+)$")
+TRACKER_WRITE_INTERVAL_S = 0.25
+
+
+class Core:
+    def __init__(self, state_dir: Path, projects: Sequence[tuple[Path, Any]],
+                 make_backend: Callable[[Any, Path, Callable[[Handle], None]], Any],
+                 *, once: bool = False, watch: bool = True, tick_s: float = 1.0,
+                 on_line: Callable[[str, str], None] | None = None) -> None:
+        self.state_dir = state_dir
+        self.inbox: queue.Queue[Any] = queue.Queue()
+        self.store = Store(state_dir / "state.db")
+        self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="eb-io")
+        self.once, self.watch, self.tick_s = once, watch, tick_s
+        self.on_line = on_line or (lambda project, line: None)
+        self.locks: list[DirLock] = []
+        self.projects: dict[str, Project] = {}
+        self.last_tracker_write: dict[str, float] = {}
+        self.write_due: dict[str, float] = {}  # project -> when a postponed tracker write is due
+        self.watcher: Any = None
+        self.specs = projects
+        self.make_backend = make_backend
+        self.stopping = False
+        self.on_ready: Callable[[], Any] = lambda: None
+        self.on_beat: Callable[[], Any] = lambda: None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def post(self, event: Any) -> None:
+        self.inbox.put(event)
+
+    def open(self) -> None:
+        for path, settings in self.specs:
+            path = path.resolve()
+            self.locks.append(DirLock(path / "refine-logs" / ".expbridge.lock").acquire())
+            key = str(path)
+            backend = self.make_backend(settings, path, self._exit_callback(key))
+            project = Project(path, settings, backend, self.store)
+            self.projects[key] = project
+        with self.store.transaction():
+            for project in self.projects.values():
+                self._safe(project, project.reload)
+                self._recover(project)
+                hook = project.plan.data.get("hook") if project.plan else None
+                if hook:  # the daemon stopped while a hook ran: run it again
+                    project.plan = replace(project.plan, data={**project.plan.data, "hook": None})
+                    hookflow.enter(project, project.plan.state)
+                project.flush()
+        if self.watch:
+            self._start_watcher()
+
+    def _exit_callback(self, key: str) -> Callable[[Handle], None]:
+        def on_exit(handle: Handle) -> None:
+            m = JOB_DIR.search(handle.job_dir)
+            if m:
+                self.post(ev.JobExited(key, m.group(1), int(m.group(2))))
+        return on_exit
+
+    def _start_watcher(self) -> None:
+        try:
+            from daemon.watch import ProjectWatcher
+        except ImportError:
+            return
+        self.watcher = ProjectWatcher([Path(k) for k in self.projects], self.post)
+        self.watcher.start()
+
+    def close(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
+        self.pool.shutdown(wait=True, cancel_futures=False)
+        self.store.close()
+        for lock in self.locks:
+            lock.release()
+
+    def _recover(self, project: Project) -> None:
+        """Adopt what is still running, finish what ended while we were away, never relaunch."""
+        for job in list(project.jobs.values()):
+            if job.state not in (*ACTIVE, J.PAUSED) or (job.state is J.PAUSED and not job.handle):
+                continue
+            handle = Handle.from_json(job.handle) if job.handle else None
+            if handle is None and job.state is J.LAUNCHING:
+                adopt = getattr(project.backend, "adopt", None)
+                handle = adopt(project.spec_for(job)) if adopt else None
+                if handle is None:
+                    project.launch_failed(job.job_id, job.attempt, "daemon stopped before the launch was recorded")
+                    continue
+                project.launched(job.job_id, job.attempt, handle)
+                project.note(f"adopted {job.job_id} a{job.attempt} after restart")
+            if handle is not None:
+                status = project.backend.poll([handle])[handle]
+                project.apply_status(job.job_id, job.attempt, status)
+
+    # -- the loop --------------------------------------------------------------------------------
+    def run(self) -> None:
+        self.open()
+        self.on_ready()
+        try:
+            self.post(ev.Tick())
+            next_tick = time.monotonic() + self.tick_s
+            while not self.stopping:
+                wake = min([next_tick, *self.write_due.values()])
+                timeout = max(0.0, wake - time.monotonic())
+                batch = self._drain(timeout)
+                if time.monotonic() >= next_tick:
+                    batch.append(ev.Tick())
+                    next_tick = time.monotonic() + self.tick_s
+                self.step(batch)
+                self.on_beat()
+                if self.once and self._all_settled():
+                    break
+        finally:
+            self._final_writes()
+            self.close()
+
+    def _drain(self, timeout: float) -> list[Any]:
+        try:
+            batch = [self.inbox.get(timeout=timeout)]
+        except queue.Empty:
+            return []
+        while len(batch) < 1000:
+            try:
+                batch.append(self.inbox.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+    def step(self, batch: list[Any]) -> None:
+        work: list[tuple[Project, JobSpec, Slot]] = []
+        cancels: list[tuple[Project, Handle]] = []
+        with self.store.transaction():
+            for event in batch:
+                self._handle(event, cancels)
+            for project in self.projects.values():
+                self._safe(project, lambda p=project: steer.drive(p, self._finish))
+                slots = self._free_slots(project)
+                specs = self._safe(project, lambda p=project, s=slots: p.schedule(s, self._not_ready(p))) or []
+                work.extend((project, spec, slot) for spec, slot in specs)
+                project.flush()
+        for project, spec, slot in work:
+            self._submit(project, spec, slot)
+        for project, handle in cancels:
+            self.pool.submit(project.backend.cancel, handle)
+        for project in self.projects.values():
+            for req in project.hook_requests:
+                self.pool.submit(self._run_hook, project, req)
+            project.hook_requests.clear()
+        for project in self.projects.values():
+            self._write_files(project)
+
+    def _handle(self, event: Any, cancels: list[tuple[Project, Handle]]) -> None:
+        if isinstance(event, ev.Stop):
+            self.stopping = True
+            return
+        if isinstance(event, ev.Tick):
+            for project in self.projects.values():
+                self._poll(project)
+            return
+        if isinstance(event, ev.FileChanged):
+            project = self.projects.get(str(event.project.resolve()))
+            if project is not None:
+                self._safe(project, project.reload)
+                self._safe(project, lambda: steer.apply_tracker_commands(project, event.sha, cancels))
+            return
+        project = self.projects.get(getattr(event, "project", ""))
+        if project is None:
+            return
+        if isinstance(event, hookflow.HookDone):
+            self._safe(project, lambda: hookflow.done(project, event))
+        elif isinstance(event, ev.JobExited):
+            job = project.jobs.get(event.job_id)
+            if job is not None and job.handle and job.attempt == event.attempt:
+                handle = Handle.from_json(job.handle)
+                project.apply_status(job.job_id, job.attempt, project.backend.poll([handle])[handle])
+        elif isinstance(event, ev.Launched):
+            project.launched(event.job_id, event.attempt, event.handle)
+        elif isinstance(event, ev.LaunchError):
+            project.launch_failed(event.job_id, event.attempt, event.error)
+        elif isinstance(event, ev.Polled):
+            for job_id, (attempt, status) in event.statuses.items():
+                project.apply_status(job_id, attempt, status)
+        elif isinstance(event, ev.Control):
+            result = self._safe(project, lambda: steer.control(project, event, cancels))
+            if event.reply is not None:
+                event.reply.put(result)
+
+    # -- edges: backends and files ---------------------------------------------------------------
+    def _run_hook(self, project: Project, req: hookflow.HookRequest) -> None:
+        try:
+            result = hookflow.run_request(project, req)
+        except Exception as exc:  # the hook runner itself failed: report it as a crashed hook
+            from handlers.hooks import HookResult
+            result = HookResult("crashed", {}, [], Path("."), Path("."), f"hook runner error: {exc!r}", 0.0)
+        self.post(hookflow.HookDone(project.key, req, result))
+
+    def _free_slots(self, project: Project) -> list[str]:
+        if project.launch_allowed() is None or not any(j.state is J.PENDING for j in project.jobs.values()):
+            return []
+        try:
+            return [s.key for s in project.backend.slots()]
+        except (BackendError, OSError) as exc:
+            project.note(f"slots unavailable: {exc}")
+            return []
+
+    def _not_ready(self, project: Project) -> dict[str, str]:
+        try:
+            from handlers.manifest import Precondition, unmet_preconditions
+        except ImportError:
+            return {}
+        out: dict[str, str] = {}
+        for job in project.jobs.values():
+            pre = job.spec.get("preconditions")
+            if job.state is J.PENDING and pre:
+                reasons = unmet_preconditions_for(job, pre, Precondition, unmet_preconditions)
+                if reasons:
+                    out[job.job_id] = "; ".join(reasons)
+        return out
+
+    def _submit(self, project: Project, spec: JobSpec, slot: Slot) -> None:
+        def go() -> None:
+            try:
+                if spec.attempt == 1:
+                    outputs.write_run_meta(project)
+                handle = project.backend.submit(spec, slot)
+            except (ExpbridgeError, OSError) as exc:
+                self.post(ev.LaunchError(project.key, spec.job_id, spec.attempt, str(exc),
+                                         getattr(exc, "retryable", False)))
+                return
+            self.post(ev.Launched(project.key, spec.job_id, spec.attempt, handle))
+        if project.backend.name in ("local", "fake"):
+            go()  # a local launch takes milliseconds; a thread hop would only add latency
+        else:
+            self.pool.submit(go)
+
+    def _poll(self, project: Project) -> None:
+        active = {j.job_id: (j.attempt, Handle.from_json(j.handle)) for j in project.jobs.values()
+                  if j.state in (*ACTIVE, J.PAUSED) and j.handle}
+        if not active:
+            return
+        def go() -> None:
+            try:
+                result = project.backend.poll([h for _, h in active.values()])
+            except (ExpbridgeError, OSError) as exc:
+                project.note(f"poll failed: {exc}")
+                return
+            statuses = {jid: (att, result[h]) for jid, (att, h) in active.items() if h in result}
+            self.post(ev.Polled(project.key, statuses))
+        if project.backend.name in ("local", "fake"):
+            go()
+        else:
+            self.pool.submit(go)
+
+    def _write_files(self, project: Project, force: bool = False) -> None:
+        now = time.monotonic()
+        if not project.dirty_runs and not force:
+            return
+        last = self.last_tracker_write.get(project.key, 0.0)
+        if not force and now - last < TRACKER_WRITE_INTERVAL_S:
+            # batch bursts of changes into one write, but never leave one unwritten
+            self.write_due[project.key] = last + TRACKER_WRITE_INTERVAL_S
+            return
+        self.write_due.pop(project.key, None)
+        self.last_tracker_write[project.key] = now
+        sha = self._safe(project, lambda: outputs.sync_tracker(project))
+        if sha:
+            tracker = project.path / "refine-logs" / "EXPERIMENT_TRACKER.md"
+            if self.watcher is not None:
+                self.watcher.ignore_next(tracker, sha)
+            # what we wrote may carry a person's edit made just before (the writer re-applies
+            # our cells on their text), so it is read back like any other change
+            self.post(ev.FileChanged(project.path, tracker, sha))
+        self._safe(project, lambda: outputs.write_queue_state(project))
+        with self.store.transaction():
+            project.flush()
+        for line in project.log:
+            self.on_line(project.key, line)
+        project.log.clear()
+
+    def _final_writes(self) -> None:
+        for project in self.projects.values():
+            self._write_files(project, force=True)
+
+    def _finish(self, project: Project) -> None:
+        from daemon.finish import finish
+        self._safe(project, lambda: finish(project))
+
+    def _all_settled(self) -> bool:
+        for project in self.projects.values():
+            if project.plan is None or project.plan.state not in TERMINAL_PLAN:
+                return False
+            if any(j.state in ACTIVE for j in project.jobs.values()):
+                return False
+        return True
+
+    def _safe(self, project: Project, fn: Callable[[], Any]) -> Any:
+        """A bad input or hook in one project blocks that project, never the daemon."""
+        try:
+            return fn()
+        except ExpbridgeError as exc:
+            reason = str(exc)
+        except Exception as exc:  # a bug must not take the other projects down with it
+            reason = f"internal error: {exc!r}"
+            project.note("".join(traceback.format_exception(exc)).rstrip())
+        project.note(f"error: {reason}")
+        if project.plan is not None and project.plan.state is not P.BLOCKED:
+            project.set_plan(P.BLOCKED, reason=reason[:300])
+        return None
+
+
+def unmet_preconditions_for(job: Any, pre: Any, model: Any, check: Callable[[Any], list[str]]) -> list[str]:
+    class _J:  # the manifest check reads only .preconditions and .cwd
+        preconditions = tuple(model(**p) for p in pre)
+        cwd = job.cwd
+    return check(_J())

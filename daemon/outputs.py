@@ -1,0 +1,137 @@
+"""What the core writes into people's files: tracker cells, queue_state.json, the final reports.
+
+Tracker edits go through the byte-preserving writer with the text we wrote last time as the
+expectation, so a cell a person changed since is theirs and is left alone.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from daemon.model import Job, JobState
+from daemon.project import Project
+from daemon.runs import run_notes, run_status
+from handlers.parse import REFINE, TRACKER
+
+J = JobState
+
+
+def run_groups(project: Project) -> dict[str, list[Job]]:
+    groups: dict[str, list[Job]] = {}
+    for job in project.jobs.values():
+        if job.run_id:
+            groups.setdefault(job.run_id, []).append(job)
+    return groups
+
+
+def metrics_text(project: Project, jobs: list[Job]) -> str:
+    from handlers.collect import notes_text, run_metrics
+    return notes_text(run_metrics(jobs))
+
+
+def tracker_edits(project: Project) -> list[Any]:
+    from handlers.tracker_write import CellEdit
+
+    cells = project.store.cells(project.key)
+    groups = run_groups(project)
+    edits = []
+    for run_id in sorted(project.dirty_runs):
+        jobs = groups.get(run_id, [])
+        if not jobs:
+            continue
+        external = any(j.spec.get("external") for j in jobs)
+        status = run_status(jobs)
+        notes = run_notes(jobs, status, metrics_text(project, jobs) if status == "DONE" else "")
+        last_status, last_notes = cells.get(run_id, (None, None))
+        if (None if external else status) == last_status and notes == last_notes:
+            continue
+        row = project.inputs.rows.get(run_id) if project.inputs else None
+        expect = last_status if last_status is not None else (row.status_raw.strip() if row else None)
+        edits.append(CellEdit(run_id, status=None if external else status, notes_eb=notes,
+                              expect_status=None if external else expect, expect_notes_eb=last_notes))
+    return edits
+
+
+def sync_tracker(project: Project) -> str | None:
+    """Write changed run statuses into the tracker; returns the new hash, or None if unchanged."""
+    path = project.path / REFINE / TRACKER
+    if not project.dirty_runs or not path.is_file():
+        project.dirty_runs.clear()
+        return None
+    from handlers.tracker_write import update_tracker
+
+    edits = tracker_edits(project)
+    project.dirty_runs.clear()
+    if not edits:
+        return None
+    before = path.read_bytes()
+    result, sha = update_tracker(path, edits)
+    wrote = result.text.encode("utf-8") != before
+    cells = project.store.cells(project.key)
+    for edit in result.applied:  # the writer may apply one cell of an edit and keep the other
+        prev_status, prev_notes = cells.get(edit.run_id, (None, None))
+        project.store.put_cell(project.key, edit.run_id,
+                               edit.status if edit.status is not None else prev_status,
+                               edit.notes_eb if edit.notes_eb is not None else prev_notes)
+    for edit, why in result.skipped:
+        project.note(f"{edit.run_id}: left the person's edit alone ({why})")
+    return sha if wrote else None
+
+
+def queue_state_doc(project: Project) -> dict[str, Any]:
+    """queue_state.json in the ARIS schema, so the ARIS jq one-liner keeps working."""
+    from dataclasses import asdict
+
+    from backends.base import Handle
+    from handlers.queue_state import render_queue_state
+
+    assert project.plan is not None
+    jobs = sorted(project.jobs.values(), key=lambda j: j.order)
+    rows = []
+    for j in jobs:
+        row = asdict(j)
+        row.update(state=j.state.value, gpu=_gpu(j.slot),
+                   failure_class=_last_failure(j), session=Handle.from_json(j.handle).ref if j.handle else None,
+                   blocked_by=j.reason.removeprefix("blocked by ") if j.state is J.BLOCKED else None)
+        rows.append(row)
+    phases: dict[str, Any] = {}
+    for j in jobs:
+        phases.setdefault(j.phase, {"name": j.phase, "depends_on": list(j.spec.get("depends_on", []))})
+    meta = {"project": project.path.name, "started": project.plan.data.get("started_at"),
+            "manifest_path": str(project.path / REFINE / "EXPERIMENT_QUEUE.yaml")}
+    return render_queue_state(meta, list(phases.values()), rows)
+
+
+def _last_failure(job: Job) -> str | None:
+    for klass in ("oom", "lost", "timeout", "failed"):
+        if job.reason.startswith(klass) or f"; {klass}:" in job.reason:
+            return klass
+    return None
+
+
+def write_queue_state(project: Project) -> None:
+    from handlers.queue_state import write_queue_state as write
+    if project.plan is not None:
+        write(project.run_dir / "queue_state.json", queue_state_doc(project))
+
+
+def _gpu(slot: str | None) -> int | None:
+    if not slot:
+        return None
+    tail = slot.rpartition(":")[2]
+    return int(tail) if tail.isdigit() else None
+
+
+def write_run_meta(project: Project) -> None:
+    run_dir = project.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    meta = run_dir / "run_meta.txt"
+    if not meta.exists():
+        import shlex
+        assert project.plan is not None
+        lines = [f"PROJECT_DIR={shlex.quote(str(project.path))}", f"RUN_TS={project.plan.run_ts}",
+                 f"LOCAL_RUN_DIR={shlex.quote(str(run_dir))}",
+                 f"STARTED={time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"]
+        meta.write_text("\n".join(lines) + "\n")

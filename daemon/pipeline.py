@@ -1,0 +1,85 @@
+"""The pipeline's next move for one plan, as a pure function of its jobs (DESIGN §3).
+
+parsing → [implementing] → [reviewing] → [awaiting_approval] → sanity → deploying(Mk)… → finishing
+→ done. Hook-driven phases are entered only when their hook is configured; a phase whose work is
+done moves on in the same step.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from daemon.model import Job, JobState, PlanState
+
+J, P = JobState, PlanState
+BAD = frozenset({J.FAILED, J.STUCK, J.SKIPPED, J.CANCELLED, J.BLOCKED})
+
+
+@dataclass(frozen=True)
+class Move:
+    dst: PlanState
+    milestone: str | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Flow:
+    milestones: Sequence[str]
+    sanity: str | None  # the sanity milestone, when sanity_first applies
+    auto_deploy: bool = True
+    approved: bool = False
+
+
+def jobs_of(milestone: str | None, jobs: Sequence[Job], flow: Flow) -> list[Job]:
+    """A milestone's jobs; jobs that name no known milestone belong to the last one."""
+    last = flow.milestones[-1] if flow.milestones else None
+    return [j for j in jobs if j.milestone == milestone
+            or (milestone == last and j.milestone not in flow.milestones)]
+
+
+def after_parse(flow: Flow) -> Move:
+    if not flow.auto_deploy and not flow.approved:
+        return Move(P.AWAITING_APPROVAL, None, "waiting for approval")
+    return first_work(flow)
+
+
+def first_work(flow: Flow) -> Move:
+    if flow.sanity is not None:
+        return Move(P.SANITY, flow.sanity)
+    return next_milestone(None, flow)
+
+
+def next_milestone(current: str | None, flow: Flow) -> Move:
+    order = [m for m in flow.milestones if m != flow.sanity]
+    if current in order:
+        order = order[order.index(current) + 1:]
+    if not order:
+        return Move(P.FINISHING)
+    return Move(P.DEPLOYING, order[0])
+
+
+def milestone_failures(milestone: str | None, jobs: Sequence[Job], flow: Flow) -> list[Job]:
+    return [j for j in jobs_of(milestone, jobs, flow) if j.must and j.state in BAD]
+
+
+def milestone_done(milestone: str | None, jobs: Sequence[Job], flow: Flow) -> bool:
+    return all(j.final or j.state is J.BLOCKED for j in jobs_of(milestone, jobs, flow))
+
+
+def step(state: PlanState, milestone: str | None, jobs: Sequence[Job], flow: Flow) -> Move | None:
+    """The move out of a working phase once its jobs allow it; None means stay."""
+    if state is P.SANITY or state is P.DEPLOYING:
+        if not milestone_done(milestone, jobs, flow):
+            return None
+        bad = milestone_failures(milestone, jobs, flow)
+        if bad:
+            what = ", ".join(f"{j.run_id or j.job_id} {j.state.value}" for j in bad[:3])
+            kind = "sanity" if state is P.SANITY else f"milestone {milestone}"
+            return Move(P.BLOCKED, milestone, f"{kind} failed: {what}")
+        return next_milestone(milestone, flow)
+    return None
+
+
+def unblocked(milestone: str | None, jobs: Sequence[Job], flow: Flow) -> bool:
+    """A plan blocked on a milestone resumes once a person has requeued its failed work."""
+    return not milestone_done(milestone, jobs, flow)
