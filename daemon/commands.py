@@ -144,6 +144,9 @@ def _run_result(state_dir: Path, key: str) -> int:
         groups.setdefault(j.run_id or j.job_id, []).append(j)
     failed = {r: js for r, js in groups.items() if any(j.must for j in js) and run_status(js) != "DONE"}
     state = plan.state.value if plan else "unknown"
+    if plan is not None and plan.state is PlanState.AWAITING_APPROVAL:
+        print(f"expbridge: waiting for approval: run `expbridge approve {key}`, then run again", file=sys.stderr)
+        return 1
     if plan is not None and plan.state is PlanState.DONE and not failed:
         print(f"expbridge: done: {len(groups)} run(s), every must-run run DONE")
         return 0

@@ -277,7 +277,7 @@ class Core:
 
     def _write_files(self, project: Project, force: bool = False) -> None:
         now = time.monotonic()
-        if not project.dirty_runs and not force:
+        if not project.dirty_runs and not force and project.pending_switch is None:
             return
         last = self.last_tracker_write.get(project.key, 0.0)
         if not force and now - last < TRACKER_WRITE_INTERVAL_S:
@@ -286,7 +286,8 @@ class Core:
             return
         self.write_due.pop(project.key, None)
         self.last_tracker_write[project.key] = now
-        sha = self._safe(project, lambda: outputs.sync_tracker(project))
+        switched = self._safe(project, lambda: outputs.write_plan_switch(project))
+        sha = self._safe(project, lambda: outputs.sync_tracker(project)) or switched
         if sha:
             tracker = project.path / "refine-logs" / "EXPERIMENT_TRACKER.md"
             if self.watcher is not None:

@@ -54,6 +54,20 @@ def tracker_edits(project: Project) -> list[Any]:
     return edits
 
 
+def write_plan_switch(project: Project) -> str | None:
+    """Insert or edit the `**expbridge**: WORD` line (the one documented edit outside a cell)."""
+    word = project.pending_switch
+    path = project.path / REFINE / TRACKER
+    project.pending_switch = None
+    if word is None or not path.is_file():
+        return None
+    from handlers.tracker_write import set_plan_switch, write_atomic
+
+    text = path.read_text(encoding="utf-8")
+    new = set_plan_switch(text, word)
+    return write_atomic(path, new) if new != text else None
+
+
 def sync_tracker(project: Project) -> str | None:
     """Write changed run statuses into the tracker; returns the new hash, or None if unchanged."""
     path = project.path / REFINE / TRACKER

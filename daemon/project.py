@@ -51,6 +51,7 @@ class Project:
         self.dirty_runs: set[str] = set()
         self.log: list[str] = []  # human-readable lines for the CLI and the structured log
         self.hook_requests: list[Any] = []  # hooks to run once the batch commits
+        self.pending_switch: str | None = None  # a plan-switch word to write into the tracker
 
     # -- state changes: the only two entry points ----------------------------------------------
     def set_job(self, job: Job, dst: JobState, **changes: Any) -> Job:

@@ -115,9 +115,27 @@ def drive(project: Project, finish: Any) -> None:
         project.set_plan(move.dst, milestone=move.milestone, reason=move.reason)
         if move.dst in (P.IMPLEMENTING, P.REVIEWING):
             hookflow.enter(project, move.dst)
+        if move.dst is P.AWAITING_APPROVAL:
+            checkpoint(project)
         if move.dst is P.FINISHING:
             finish(project)
             project.set_plan(P.DONE, milestone=None, reason="")
+
+
+def checkpoint(project: Project) -> None:
+    """The AUTO_DEPLOY checkpoint: what would run, and what it would cost, before anything does."""
+    inputs = project.inputs
+    assert inputs is not None
+    project.pending_switch = "AWAITING_APPROVAL"
+    total = 0
+    for m in inputs.milestones:
+        runs = {j.run_id for j in project.jobs.values() if j.milestone == m}
+        jobs = sum(1 for j in project.jobs.values() if j.milestone == m)
+        total += jobs
+        project.note(f"checkpoint: {m} {inputs.milestone_names.get(m, '')}: {len(runs)} run(s), {jobs} job(s)")
+    hours = f"~{inputs.budget_hours:g} GPU-hours" if inputs.budget_hours is not None else "unknown GPU-hours"
+    project.note(f"checkpoint: {total} job(s) in all, {hours}; approve with `expbridge approve {project.path}`"
+                 " or set **expbridge**: APPROVED in the tracker")
 
 
 def _move(project: Project, state: PlanState, milestone: str | None) -> pipeline.Move | None:
