@@ -143,14 +143,17 @@ def _run_result(state_dir: Path, key: str) -> int:
     for j in jobs:
         groups.setdefault(j.run_id or j.job_id, []).append(j)
     failed = {r: js for r, js in groups.items() if any(j.must for j in js) and run_status(js) != "DONE"}
+    no_command = plan.data.get("no_command", []) if plan else []
     state = plan.state.value if plan else "unknown"
     if plan is not None and plan.state is PlanState.AWAITING_APPROVAL:
         print(f"expbridge: waiting for approval: run `expbridge approve {key}`, then run again", file=sys.stderr)
         return 1
-    if plan is not None and plan.state is PlanState.DONE and not failed:
+    if plan is not None and plan.state is PlanState.DONE and not failed and not no_command:
         print(f"expbridge: done: {len(groups)} run(s), every must-run run DONE")
         return 0
     print(f"expbridge: plan {state}" + (f": {plan.reason}" if plan and plan.reason else ""), file=sys.stderr)
+    for run_id in no_command:
+        print(f"  {run_id}: BLOCKED no command", file=sys.stderr)
     for run_id, js in sorted(failed.items()):
         reasons = "; ".join(f"{j.job_id}: {j.state.value} {j.reason}".strip() for j in js if j.state is not JobState.SUCCEEDED)
         print(f"  {run_id}: {run_status(js)} {reasons}", file=sys.stderr)
@@ -172,7 +175,9 @@ def cmd_daemon(args: Any) -> int:
     from daemon.log import get_logger
     log = get_logger("expbridge")
     core = Core(state_dir, specs, _backend_maker(), once=False, tick_s=min(s.poll_interval_s for _, s in specs),
-                on_line=lambda project, line: log.info(line, project=project))
+                on_line=lambda project, line: log.info(line, project=project),
+                watch_polling=bool(config and config.watch.polling),
+                debounce_ms=config.watch.debounce_ms if config else 150)
     _install_signals(core, on_hup=lambda: _reload(core, args))
     core.on_ready = lambda: sdnotify.notify("READY=1")
     core.on_beat = lambda: sdnotify.notify("WATCHDOG=1")

@@ -27,13 +27,15 @@ J, P = JobState, PlanState
 TERMINAL_PLAN = (P.DONE, P.BLOCKED, P.FAILED, P.AWAITING_APPROVAL)
 JOB_DIR = re.compile(r"/jobs/([^/]+)/a(\d+)$")
 TRACKER_WRITE_INTERVAL_S = 0.25
+STALE_STATE_H = 24.0
 
 
 class Core:
     def __init__(self, state_dir: Path, projects: Sequence[tuple[Path, Any]],
                  make_backend: Callable[[Any, Path, Callable[[Handle], None]], Any],
                  *, once: bool = False, watch: bool = True, tick_s: float = 1.0,
-                 on_line: Callable[[str, str], None] | None = None) -> None:
+                 on_line: Callable[[str, str], None] | None = None,
+                 watch_polling: bool = False, debounce_ms: int = 150) -> None:
         self.state_dir = state_dir
         self.inbox: queue.Queue[Any] = queue.Queue()
         self.store = Store(state_dir / "state.db")
@@ -48,6 +50,7 @@ class Core:
         self.specs = projects
         self.make_backend = make_backend
         self.stopping = False
+        self.watch_polling, self.debounce_ms = watch_polling, debounce_ms
         self.on_ready: Callable[[], Any] = lambda: None
         self.on_beat: Callable[[], Any] = lambda: None
 
@@ -65,6 +68,7 @@ class Core:
             self.projects[key] = project
         with self.store.transaction():
             for project in self.projects.values():
+                self._warn_if_stale(project)
                 self._safe(project, project.reload)
                 self._recover(project)
                 hook = project.plan.data.get("hook") if project.plan else None
@@ -87,7 +91,8 @@ class Core:
             from daemon.watch import ProjectWatcher
         except ImportError:
             return
-        self.watcher = ProjectWatcher([Path(k) for k in self.projects], self.post)
+        self.watcher = ProjectWatcher([Path(k) for k in self.projects], self.post,
+                                      polling=self.watch_polling, debounce_ms=self.debounce_ms)
         self.watcher.start()
 
     def close(self) -> None:
@@ -97,6 +102,17 @@ class Core:
         self.store.close()
         for lock in self.locks:
             lock.release()
+
+    def _warn_if_stale(self, project: Project) -> None:
+        """ARIS F99: state older than a day is resumed, but said so, with the choice named."""
+        plan = project.plan
+        if plan is None or plan.state in (P.DONE, P.FAILED):
+            return
+        age_h = (time.time() - plan.updated_at) / 3600
+        if age_h > STALE_STATE_H:
+            project.note(f"warning: resuming state last updated {age_h:.0f} h ago ({plan.state.value}); "
+                         "running jobs are adopted and nothing is rerun. To start fresh instead, stop "
+                         "expbridge and use a new --state-dir")
 
     def _recover(self, project: Project) -> None:
         """Adopt what is still running, finish what ended while we were away, never relaunch."""

@@ -16,6 +16,7 @@ from daemon.runs import run_notes, run_status
 from handlers.parse import REFINE, TRACKER
 
 J = JobState
+NO_COMMAND = "no command"
 
 
 def run_groups(project: Project) -> dict[str, list[Job]]:
@@ -37,8 +38,15 @@ def tracker_edits(project: Project) -> list[Any]:
     cells = project.store.cells(project.key)
     groups = run_groups(project)
     edits = []
+    no_command = set(project.plan.data.get("no_command", [])) if project.plan else set()
     for run_id in sorted(project.dirty_runs):
         jobs = groups.get(run_id, [])
+        if not jobs and run_id in no_command:
+            last_status, last_notes = cells.get(run_id, (None, None))
+            if (last_status, last_notes) != ("BLOCKED", NO_COMMAND):
+                edits.append(CellEdit(run_id, status="BLOCKED", notes_eb=NO_COMMAND,
+                                      expect_status=last_status, expect_notes_eb=last_notes))
+            continue
         if not jobs:
             continue
         external = any(j.spec.get("external") for j in jobs)

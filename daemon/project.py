@@ -112,6 +112,7 @@ class Project:
             return
         self.inputs = inputs
         self._reconcile_jobs(inputs)
+        self._note_no_command(inputs)
         if self.plan.state is P.BLOCKED and self.plan.reason.startswith(("input error", "needs input")):
             self.set_plan(P.PARSING, reason="")
 
@@ -133,6 +134,19 @@ class Project:
             if job.job_id not in known and not job.spec.get("orphaned"):
                 self._keep(replace(job, spec={**job.spec, "orphaned": True}))
                 self.note(f"{job.job_id}: orphaned (row removed); it is not cancelled")
+
+    def _note_no_command(self, inputs: Inputs) -> None:
+        """Open rows with nothing to run are BLOCKED with the reason, never silently dropped."""
+        open_rows = [r for r in inputs.no_command
+                     if (inputs.rows[r].status or "TODO") in ("TODO", "QUEUED", "BLOCKED")]
+        assert self.plan is not None
+        if open_rows != self.plan.data.get("no_command", []):
+            self.plan = replace(self.plan, data={**self.plan.data, "no_command": open_rows})
+            self.plan_changed = True
+            self.dirty_runs.update(open_rows)
+            for run_id in open_rows:
+                self.note(f"{run_id}: no command (add a job with `run: {run_id}` to EXPERIMENT_QUEUE.yaml,"
+                          " or a Command column to the tracker)")
 
     def _remember_first_sight(self, inputs: Inputs) -> None:
         """Record each row's Status as first seen, so a person's edit made before our first

@@ -122,3 +122,28 @@ def test_kill_9_mid_run_then_restart_adopts_and_never_reruns(project_factory) ->
         assert p.launches(name) == 1
     exits = list(p.path.glob("experiment_queue/*/jobs/*/a*/exit"))
     assert len(exits) == 2
+
+
+def test_row_without_a_command_is_blocked_with_the_reason(project_factory) -> None:
+    manifest = """
+        jobs: [{id: a, run: R001, cmd: "true"}]
+    """
+    p = project_factory(manifest, [("R001", "M1", "MUST"), ("R002", "M1", "MUST")])
+    result = p.run()
+    assert result.returncode == 1
+    assert "R002: BLOCKED no command" in result.stderr
+    assert p.status_cell("R002") == "BLOCKED" and "eb: no command" in p.tracker.read_text()
+    assert p.status_cell("R001") == "DONE"
+
+
+def test_state_older_than_a_day_is_resumed_with_a_warning(project_factory) -> None:
+    manifest = """
+        jobs: [{id: a, run: R001, cmd: "true"}, {id: b, run: R002, cmd: "exit 1"}]
+    """
+    p = project_factory(manifest, [("R001", "M1", "MUST"), ("R002", "M1", "MUST")])
+    assert p.run().returncode == 1
+    with p.db() as conn:
+        conn.execute("UPDATE plans SET updated_at = updated_at - 90000, state='deploying'")
+    again = p.run()
+    assert "warning: resuming state last updated 25 h ago" in again.stdout
+    assert p.launches("a") == 1
