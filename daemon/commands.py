@@ -142,7 +142,9 @@ def _run_result(state_dir: Path, key: str) -> int:
     groups: dict[str, list[Any]] = {}
     for j in jobs:
         groups.setdefault(j.run_id or j.job_id, []).append(j)
-    failed = {r: js for r, js in groups.items() if any(j.must for j in js) and run_status(js) != "DONE"}
+    # every must-run run DONE; a run a person skipped counts as their decision, not a failure
+    failed = {r: js for r, js in groups.items()
+              if any(j.must for j in js) and run_status(js) not in ("DONE", "SKIPPED")}
     no_command = plan.data.get("no_command", []) if plan else []
     state = plan.state.value if plan else "unknown"
     if plan is not None and plan.state is PlanState.AWAITING_APPROVAL:
@@ -229,6 +231,8 @@ def status_doc(store: Any, only: str | None = None) -> list[dict[str, Any]]:
             "waiting_for": "approval" if plan.state is PlanState.AWAITING_APPROVAL else None,
             "blocked": [{"job": j.job_id, "run": j.run_id, "reason": j.reason} for j in jobs
                         if j.state in (JobState.BLOCKED, JobState.STUCK, JobState.FAILED)],
+            "orphaned": [j.job_id for j in jobs if j.spec.get("orphaned")],
+            "no_command": plan.data.get("no_command", []),
             "summary": plan.data.get("summary"),
         })
     return out
@@ -249,6 +253,10 @@ def cmd_status(args: Any) -> int:
         print("  jobs: " + ", ".join(f"{k} {v}" for k, v in sorted(p["jobs"].items())))
         for b in p["blocked"]:
             print(f"  {b['run'] or b['job']}: {b['reason']}")
+        for job in p["orphaned"]:
+            print(f"  {job}: orphaned (row removed)")
+        if p["summary"]:
+            print("  " + p["summary"].replace("\n", "\n  "))
     return 0
 
 

@@ -29,8 +29,9 @@ ENV_PREFIX = "EXPBRIDGE_"
 # EXPBRIDGE_* names that are not project settings (read by default_state_dir and the CLI).
 RESERVED_ENV = frozenset({"STATE_DIR", "CONFIG", "LOG_LEVEL", "LOG_FORMAT"})
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
-NOTIFY_EVENTS = ("launched", "run_done", "run_failed", "run_stuck", "blocked",
-                 "awaiting_approval", "milestone_done", "pipeline_done", "pipeline_failed",
+# launch_verified / experiment_done are the ARIS (Feishu) names; experiment_done = plan done
+NOTIFY_EVENTS = ("launch_verified", "run_done", "run_failed", "run_stuck", "blocked",
+                 "awaiting_approval", "milestone_passed", "experiment_done", "pipeline_failed",
                  "budget_warning")
 _HOSTISH = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,252}$")  # names, IPv4, IPv6
 _FALSE_WORDS = {"false", "no", "off", "none", "null", ""}
@@ -182,6 +183,8 @@ class NotifyConfig(Section):
     webhook: str | None = None
     command: Command = None
     events: list[str] = Field(default_factory=lambda: list(NOTIFY_EVENTS))
+    timeout_s: float = Field(10, gt=0)  # per delivery attempt
+    max_attempts: int = Field(4, ge=1)  # deliveries tried per event and sink, the first included
 
     @field_validator("events")
     @classmethod

@@ -12,7 +12,8 @@ from typing import Sequence
 from daemon.model import Job, JobState, PlanState
 
 J, P = JobState, PlanState
-BAD = frozenset({J.FAILED, J.STUCK, J.SKIPPED, J.CANCELLED, J.BLOCKED})
+# a run a person skipped is their decision, not a failure that should stop the plan
+BAD = frozenset({J.FAILED, J.STUCK, J.BLOCKED})
 
 
 @dataclass(frozen=True)

@@ -122,6 +122,41 @@ def drive(project: Project, finish: Any) -> None:
             project.set_plan(P.DONE, milestone=None, reason="")
 
 
+def gate_failure(project: Project, milestone: str | None, jobs: list[Any], flow: pipeline.Flow) -> str | None:
+    """A milestone's machine-readable `gate:` (DESIGN §3): the reason it failed, or None.
+
+    A gate a person approved passes. Without a machine gate the milestone passes with a note.
+    """
+    from handlers.collect import run_metrics, verdict
+    from handlers.criteria import parse_criterion
+
+    assert project.plan is not None
+    if milestone in project.plan.data.get("gates_approved", []):
+        return None
+    mine = pipeline.jobs_of(milestone, jobs, flow)
+    gates = {str(j.spec["gate"]): j.spec["gate"] for j in mine if j.spec.get("gate")}
+    if not gates:
+        return None
+    runs: dict[str, list[Any]] = {}
+    for j in jobs:
+        runs.setdefault(j.run_id or j.job_id, []).append(j)
+    metrics = {r: run_metrics(js) for r, js in runs.items()}
+    own = {j.run_id or j.job_id for j in mine}
+    for spec in gates.values():
+        crit = parse_criterion(spec)
+        for run_id in sorted(own):
+            rm = metrics[run_id]
+            result = verdict(rm.__class__(rm.metrics, rm.key, crit, rm.problems), metrics)
+            if result is None or result.outcome == "pass":
+                continue
+            if result.outcome == "needs_review":
+                project.note(f"decision gate {milestone}: {spec!r} needs review (prose); passing with a note")
+                continue
+            return f"{run_id}: {result.reason}"
+    project.note(f"decision gate {milestone} passed")
+    return None
+
+
 def checkpoint(project: Project) -> None:
     """The AUTO_DEPLOY checkpoint: what would run, and what it would cost, before anything does."""
     inputs = project.inputs
@@ -157,6 +192,10 @@ def _move(project: Project, state: PlanState, milestone: str | None) -> pipeline
         return pipeline.first_work(flow) if flow.approved else None
     if state in (P.SANITY, P.DEPLOYING):
         move = pipeline.step(state, milestone, jobs, flow)
+        if move is not None and move.dst is not P.BLOCKED:
+            failed_gate = gate_failure(project, milestone, jobs, flow)
+            if failed_gate:
+                return pipeline.Move(P.BLOCKED, milestone, f"decision gate {milestone}: {failed_gate}")
         if state is P.SANITY and move is not None and move.dst is P.BLOCKED:
             failed = pipeline.milestone_failures(milestone, jobs, flow)
             if hookflow.sanity_failed(project, milestone, failed):
@@ -164,6 +203,8 @@ def _move(project: Project, state: PlanState, milestone: str | None) -> pipeline
             attempts = int(project.plan.data.get("sanity_attempt", 1))
             return pipeline.Move(P.BLOCKED, milestone, f"{move.reason} (after {attempts} attempt(s))")
         return move
+    if state is P.BLOCKED and project.plan.reason.startswith("decision gate") and milestone in project.plan.data.get("gates_approved", []):
+        return pipeline.next_milestone(milestone, flow)
     if state is P.BLOCKED and project.plan.prev_state in (P.SANITY, P.DEPLOYING):
         if project.plan.reason.startswith(("sanity failed", "milestone")) and pipeline.unblocked(milestone, jobs, flow):
             return pipeline.Move(project.plan.prev_state, milestone)
@@ -202,7 +243,12 @@ def _plan_switch(project: Project, word: str | None) -> None:
     plan = project.plan
     if plan is None or word is None:
         return
-    if word == "APPROVED" and not plan.data.get("approved"):
+    if word == "APPROVED" and plan.state is P.BLOCKED and plan.reason.startswith("decision gate"):
+        approved = [*plan.data.get("gates_approved", []), plan.milestone]
+        project.plan = replace(plan, data={**plan.data, "gates_approved": approved, "approved": True})
+        project.plan_changed = True
+        project.note(f"decision gate {plan.milestone} approved by a person")
+    elif word == "APPROVED" and not plan.data.get("approved"):
         project.plan = replace(plan, data={**plan.data, "approved": True})
         project.plan_changed = True
         project.note("plan approved")

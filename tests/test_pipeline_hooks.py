@@ -121,3 +121,30 @@ def test_auto_deploy_false_waits_at_the_checkpoint_until_approved(project_factor
     second = p.run("auto_deploy: false")
     assert second.returncode == 0, second.stdout + second.stderr
     assert p.job_states() == {"main": "succeeded"}
+
+
+GATED = """
+    phases:
+      - name: base
+        milestone: M1
+        jobs: [{id: base, run: R001, cmd: "echo acc=0.50 > base.log", expected_output: base.log}]
+      - name: main
+        milestone: M2
+        gate: "acc +50% over R001"
+        jobs: [{id: main, run: R002, cmd: "echo acc=0.60 > main.log", expected_output: main.log}]
+      - name: ablate
+        milestone: M3
+        jobs: [{id: ablate, run: R003, cmd: "true"}]
+"""
+
+
+def test_a_failed_decision_gate_blocks_until_approved(project_factory) -> None:
+    p = project_factory(GATED, [("R001", "M1", "MUST"), ("R002", "M2", "MUST"), ("R003", "M3", "MUST")])
+    first = p.run()
+    assert first.returncode == 1
+    assert "decision gate M2" in first.stderr
+    assert p.job_states() == {"base": "succeeded", "main": "succeeded", "ablate": "pending"}
+    assert p.cli("approve", str(p.path)).returncode == 0
+    second = p.run()
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert p.job_states()["ablate"] == "succeeded"
