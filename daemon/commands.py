@@ -335,9 +335,9 @@ def cmd_verb(args: Any) -> int:
 
 
 def cmd_approve(args: Any) -> int:
-    from handlers.tracker_write import set_plan_switch, write_atomic
+    from handlers.tracker_write import update_plan_switch
     path = _tracker(args.project)
-    write_atomic(path, set_plan_switch(path.read_text(encoding="utf-8"), "APPROVED"))
+    update_plan_switch(path, "APPROVED")  # byte-preserving: CRLF files stay CRLF
     print(f"{path}: plan approved")
     return 0
 

@@ -69,11 +69,11 @@ def write_plan_switch(project: Project) -> str | None:
     project.pending_switch = None
     if word is None or not path.is_file():
         return None
-    from handlers.tracker_write import set_plan_switch, write_atomic
+    from handlers.tracker_write import update_plan_switch
 
-    text = path.read_text(encoding="utf-8")
-    new = set_plan_switch(text, word)
-    return write_atomic(path, new) if new != text else None
+    before = path.read_bytes()
+    sha = update_plan_switch(path, word)
+    return sha if path.read_bytes() != before else None
 
 
 def sync_tracker(project: Project) -> str | None:

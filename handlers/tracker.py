@@ -273,7 +273,7 @@ def _check_ids(rows: list[Row], file: str, diags: list[Diagnostic]) -> None:
 def _plan_switch(lines: list[Line], masked: set[int], file: str,
                  diags: list[Diagnostic]) -> tuple[str | None, int | None]:
     for line in lines:
-        m = SWITCH_RE.match(line.text.lstrip("\ufeff"))
+        m = SWITCH_RE.match(line.text)
         if not m or line.no in masked:
             continue
         word = m.group("word").strip("*_`").upper()

@@ -86,7 +86,7 @@ def masked_lines(lines: list[Line]) -> set[int]:
     i = front_matter_end(lines)
     masked.update(range(1, i + 1))
     while i < len(lines):
-        text = lines[i].text.lstrip("\ufeff")
+        text = lines[i].text
         fence = _FENCE.match(text)
         if fence and not (fence.group(1)[0] == "`" and "`" in fence.group(2)):
             i = _skip_until(lines, i, masked, lambda t, f=fence.group(1): _closes(t, f))
@@ -98,7 +98,12 @@ def masked_lines(lines: list[Line]) -> set[int]:
 
 
 def front_matter_end(lines: list[Line]) -> int:
-    if not lines or lines[0].text.lstrip("\ufeff").rstrip() != "---":
+    """Lines of a leading YAML block (`---`, `key: value`..., `---`), or 0. The `key:` test keeps
+    a file that merely opens with a thematic break from losing everything up to the next one."""
+    if not lines or lines[0].text.rstrip() != "---":
+        return 0
+    first = next((ln.text for ln in lines[1:] if ln.text.strip()), "")
+    if not re.match(r"^[A-Za-z_][\w .-]*:(\s|$)", first):
         return 0
     for j in range(1, len(lines)):
         if lines[j].text.rstrip() in ("---", "..."):
@@ -199,7 +204,7 @@ def scan_tables(text: str, lines: list[Line] | None = None) -> list[RawTable]:
         if line.no in masked:
             i += 1
             continue
-        heading = re.match(r"^\ufeff? {0,3}#{1,6}[ \t]+(.*)$", line.text)
+        heading = re.match(r"^ {0,3}#{1,6}[ \t]+(.*)$", line.text)
         if heading:
             found = re.search(r"\b(M\d+[A-Za-z0-9.']*)", heading.group(1))
             hint = found.group(1) if found else None

@@ -362,11 +362,12 @@ def set_plan_switch(text: str, word: str) -> str:
             return text[:start] + word + text[end:]
     eol, switch = _dominant_eol(text), f"**expbridge**: {word}"
     heading = next((ln for ln in lines if ln.no not in masked
-                    and re.match(r"^\ufeff? {0,3}#{1,6}(?:[ \t]|$)", ln.text)), None)
+                    and re.match(r"^ {0,3}#{1,6}(?:[ \t]|$)", ln.text)), None)
     if heading is None:
         top = front_matter_end(lines)
         if not top:
-            return switch + eol + eol + text
+            bom = "\ufeff" if text.startswith("\ufeff") else ""  # the mark stays first
+            return bom + switch + eol + eol + text[len(bom):]
         heading = lines[top - 1]
     following = lines[heading.no] if heading.no < len(lines) else None
     blank_after = eol if following is not None and md_trim(following.text) else ""

@@ -170,3 +170,8 @@ def test_id_column_prefers_id_like_values() -> None:
     text = ("| Block | Run | Status |\n|---|---|---|\n| E0 | gradient spectrum | TODO |\n"
             "| E1 | rank sweep | DONE |\n")
     assert [r.run_id for r in parse_tracker(text, "b.md").rows] == ["E0", "E1"]
+
+
+def test_a_leading_thematic_break_is_not_front_matter() -> None:
+    text = "---\n# Tracker\n\n| Run ID | Status |\n|---|---|\n| R1 | TODO |\n\n---\nfooter\n"
+    assert [r.run_id for r in parse_tracker(text, "t.md").rows] == ["R1"]
