@@ -195,6 +195,7 @@ class Core:
             return
         if isinstance(event, ev.Tick):
             for project in self.projects.values():
+                project.flag_overtime(time.time())
                 self._poll(project)
             return
         if isinstance(event, ev.FileChanged):

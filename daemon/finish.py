@@ -42,7 +42,27 @@ def finish(project: Project) -> None:
     _write_summary_md(project)
 
 
-def run_results(project: Project) -> list[object]:
+def log_runs(project: Project, run_ids: set[str]) -> None:
+    """EXPERIMENT_LOG.md: a full entry for every run that ended, failures included (F92/F93),
+    plus the compact entry when `compact` is on. Each entry is written once per outcome."""
+    from handlers.results_md import compact_log_entry, full_log_entry
+    from handlers.versioning import append_text
+
+    path = project.path / REFINE / "EXPERIMENT_LOG.md"
+    stamp = time.strftime("%Y-%m-%d %H:%M")
+    for run in run_results(project, run_ids):
+        if run.status not in ("DONE", "FAILED", "STUCK"):  # type: ignore[attr-defined]
+            continue
+        jobs = run_groups(project)[run.run_id]  # type: ignore[attr-defined]
+        marker = f"<!-- eb:{run.run_id}:{run.status}:{max(j.attempt for j in jobs)} -->"  # type: ignore[attr-defined]
+        verdict = run.verdict.outcome if run.verdict else "inconclusive"  # type: ignore[attr-defined]
+        text = full_log_entry(run, stamp)  # type: ignore[arg-type]
+        if getattr(project.settings, "compact", False):
+            text = compact_log_entry(run, stamp, verdict) + text  # type: ignore[arg-type]
+        append_text(path, f"{marker}\n{text}\n---\n\n", unless_contains=marker)
+
+
+def run_results(project: Project, only: set[str] | None = None) -> list[object]:
     from handlers.results_md import RunResult
 
     groups = run_groups(project)
@@ -50,6 +70,8 @@ def run_results(project: Project) -> list[object]:
     inputs = project.inputs
     out = []
     for run_id, jobs in sorted(groups.items()):
+        if only is not None and run_id not in only:
+            continue
         rm = metrics[run_id]
         row = inputs.rows.get(run_id) if inputs else None
         milestone = jobs[0].milestone or "M?"
@@ -59,7 +81,8 @@ def run_results(project: Project) -> list[object]:
             system=_system(row, jobs), status=run_status(jobs), metrics=rm.metrics, key_metric=rm.key,
             verdict=verdict(rm, metrics), reproduce=jobs[0].cmd, config=jobs[0].phase,
             error="; ".join(j.reason for j in jobs if j.reason) or None, must=any(j.must for j in jobs),
-            jobs=len(jobs), baseline_run=rm.criterion.baseline_run if rm.criterion else None))
+            jobs=len(jobs), baseline_run=rm.criterion.baseline_run if rm.criterion else None,
+            overtime=any(j.spec.get("overtime") for j in jobs)))
     return out
 
 

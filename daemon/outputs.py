@@ -52,6 +52,8 @@ def tracker_edits(project: Project) -> list[Any]:
         external = any(j.spec.get("external") for j in jobs)
         status = run_status(jobs)
         notes = run_notes(jobs, status, metrics_text(project, jobs) if status == "DONE" else "")
+        if any(j.spec.get("overtime") for j in jobs):
+            notes += "; OVERTIME (past 2x estimate)"
         last_status, last_notes = cells.get(run_id, (None, None))
         if (None if external else status) == last_status and notes == last_notes:
             continue
@@ -91,6 +93,10 @@ def sync_tracker(project: Project) -> str | None:
     before = path.read_bytes()
     result, sha = update_tracker(path, edits)
     wrote = result.text.encode("utf-8") != before
+    ended = {e.run_id for e in result.applied if e.status in ("DONE", "FAILED", "STUCK")}
+    if ended:
+        from daemon.finish import log_runs
+        log_runs(project, ended)
     cells = project.store.cells(project.key)
     for edit in result.applied:  # the writer may apply one cell of an edit and keep the other
         prev_status, prev_notes = cells.get(edit.run_id, (None, None))

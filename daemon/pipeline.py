@@ -64,7 +64,7 @@ def milestone_failures(milestone: str | None, jobs: Sequence[Job], flow: Flow) -
 
 
 def milestone_done(milestone: str | None, jobs: Sequence[Job], flow: Flow) -> bool:
-    return all(j.final or j.state is J.BLOCKED for j in jobs_of(milestone, jobs, flow))
+    return all(j.final or j.state is J.BLOCKED or j.spec.get("overtime") for j in jobs_of(milestone, jobs, flow))
 
 
 def step(state: PlanState, milestone: str | None, jobs: Sequence[Job], flow: Flow) -> Move | None:

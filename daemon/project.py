@@ -236,6 +236,23 @@ class Project:
             out["oom"] = Policy(*self.inputs.oom_retry)
         return out
 
+    def flag_overtime(self, now: float) -> None:
+        """A job past twice its estimate is flagged (F87): it keeps running, but it no longer
+        holds back the next milestone."""
+        for job in list(self.jobs.values()):
+            est = job.spec.get("est_hours") or self._milestone_share(job)
+            if (job.state is J.RUNNING and est and job.started_at and not job.spec.get("overtime")
+                    and now - job.started_at > 2 * est * 3600):
+                self._keep(replace(job, spec={**job.spec, "overtime": True}))
+                self.note(f"{job.job_id}: OVERTIME (running {((now - job.started_at) / 3600):.2f} h, estimate {est:g} h)")
+
+    def _milestone_share(self, job: Job) -> float | None:
+        """Without a per-job estimate: the milestone's cost divided by its runs."""
+        costs = self.inputs.milestone_costs if self.inputs else {}
+        cost = costs.get(job.milestone or "")
+        runs = {j.run_id for j in self.jobs.values() if j.milestone == job.milestone}
+        return cost / max(1, len(runs)) if cost else None
+
     # -- scheduling ------------------------------------------------------------------------------
     def launch_allowed(self) -> str | None:
         if self.plan is None:

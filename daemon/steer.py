@@ -11,7 +11,7 @@ from typing import Any
 
 from backends.base import Handle
 from daemon import hookflow, pipeline
-from daemon.model import FINAL, Job, JobState, PlanState
+from daemon.model import ACTIVE, FINAL, Job, JobState, PlanState
 from daemon.project import Project
 
 J, P = JobState, PlanState
@@ -192,6 +192,8 @@ def _move(project: Project, state: PlanState, milestone: str | None) -> pipeline
         return pipeline.first_work(flow) if flow.approved else None
     if state in (P.SANITY, P.DEPLOYING):
         move = pipeline.step(state, milestone, jobs, flow)
+        if move is not None and move.dst is P.FINISHING and any(j.state in ACTIVE for j in jobs):
+            return None  # an overtime job may still be running: results wait for it
         if move is not None and move.dst is not P.BLOCKED:
             failed_gate = gate_failure(project, milestone, jobs, flow)
             if failed_gate:

@@ -147,3 +147,25 @@ def test_state_older_than_a_day_is_resumed_with_a_warning(project_factory) -> No
     again = p.run()
     assert "warning: resuming state last updated 25 h ago" in again.stdout
     assert p.launches("a") == 1
+
+
+def test_overtime_is_flagged_and_does_not_hold_back_the_next_milestone(project_factory) -> None:
+    manifest = """
+        max_parallel: 2
+        phases:
+          - name: slow
+            milestone: M1
+            jobs: [{id: slow, run: R001, cmd: "sleep 6; echo acc=0.7 > slow.done", est_hours: 0.0002, expected_output: slow.done}]
+          - name: next
+            milestone: M2
+            jobs: [{id: next, run: R002, cmd: "test ! -e slow.done && touch next.ran"}]
+    """
+    p = project_factory(manifest, [("R001", "M1", "MUST"), ("R002", "M2", "MUST")])
+    result = p.run()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "OVERTIME" in result.stdout
+    assert (p.path / "next.ran").exists()  # M2 ran while the overtime M1 job was still going
+    assert "OVERTIME (past 2x estimate)" in p.tracker.read_text()
+    assert "acc=0.7" in p.tracker.read_text()  # results waited for the overtime job
+    log = (p.path / "refine-logs" / "EXPERIMENT_LOG.md").read_text()
+    assert "## Experiment: R001" in log and "## Experiment: R002" in log
