@@ -194,6 +194,20 @@ def sanity_failed(project: Project, milestone: str | None, failed: list[Any]) ->
     return True
 
 
+def deploy_failed(project: Project, milestone: str | None, failed: list[Any]) -> bool:
+    """F25: with rescue_on_failure, a failed milestone gets one rescue round before it blocks."""
+    assert project.plan is not None
+    if not getattr(project.settings, "rescue_on_failure", True) or not hook_command(project, "rescue"):
+        return False
+    rescued = project.plan.data.get("rescued", [])
+    if milestone in rescued:
+        return pending(project) == "rescue"
+    if pending(project) is None:
+        _set_data(project, rescued=[*rescued, milestone])
+        request(project, "rescue", milestone, failure_logs=tuple(_log_of(j) for j in failed if j.handle))
+    return True
+
+
 def _log_of(job: Any) -> str:
     from backends.base import Handle
     return Handle.from_json(job.handle).log_path
@@ -206,9 +220,12 @@ def _rescued(project: Project, req: HookRequest, result: Any) -> None:
     if result.status != "ok":
         project.set_plan(P.BLOCKED, reason=f"sanity failed; {req.phase} hook {result.status}: {result.reason}"[:300])
         return
-    attempt = int(project.plan.data.get("sanity_attempt", 1)) + 1
-    _set_data(project, sanity_attempt=attempt)
+    attempt = int(project.plan.data.get("sanity_attempt", 1))
+    if project.plan.state is P.SANITY:
+        attempt += 1
+        _set_data(project, sanity_attempt=attempt)
     for job in list(project.jobs.values()):
         if job.milestone == req.milestone and job.state in (J.FAILED, J.STUCK, J.BLOCKED):
             requeue(project, job)
-    project.note(f"sanity attempt {attempt} after the {req.phase} hook")
+    project.note(f"{'sanity attempt ' + str(attempt) if project.plan.state is P.SANITY else 'retrying ' + str(req.milestone)}"
+                 f" after the {req.phase} hook")

@@ -78,6 +78,26 @@ def write_plan_switch(project: Project) -> str | None:
     return sha if path.read_bytes() != before else None
 
 
+def _version_once(project: Project, path: Path) -> None:
+    """Versioned copy of the tracker before the daemon's first write in a pipeline run (§4)."""
+    from datetime import datetime
+
+    from handlers.versioning import append_manifest_rows, manifest_file_name, manifest_row, version_file
+
+    assert project.plan is not None
+    if project.plan.data.get("tracker_versioned"):
+        return
+    now = datetime.now()
+    copy = version_file(path, now)
+    if copy is not None:
+        manifest = project.path / "MANIFEST.md"
+        append_manifest_rows(manifest, [manifest_row(now, manifest_file_name(copy, manifest),
+                                                     "tracker before expbridge's first write")])
+    from dataclasses import replace
+    project.plan = replace(project.plan, data={**project.plan.data, "tracker_versioned": True})
+    project.plan_changed = True
+
+
 def sync_tracker(project: Project) -> str | None:
     """Write changed run statuses into the tracker; returns the new hash, or None if unchanged."""
     path = project.path / REFINE / TRACKER
@@ -90,6 +110,7 @@ def sync_tracker(project: Project) -> str | None:
     project.dirty_runs.clear()
     if not edits:
         return None
+    _version_once(project, path)
     before = path.read_bytes()
     result, sha = update_tracker(path, edits)
     wrote = result.text.encode("utf-8") != before

@@ -111,6 +111,7 @@ class Project:
                 self.set_plan(P.BLOCKED, reason=reason)
             return
         self.inputs = inputs
+        self._restart_on_new_plan(inputs)
         self._reconcile_jobs(inputs)
         self._note_no_command(inputs)
         if self.plan.state is P.BLOCKED and self.plan.reason.startswith(("input error", "needs input")):
@@ -118,11 +119,12 @@ class Project:
 
     def _reconcile_jobs(self, inputs: Inputs) -> None:
         order = 0
+        cells = self.store.cells(self.key)
         for ji in inputs.jobs:
             order += 1
             job = self.jobs.get(ji.job_id)
             if job is None:
-                self._create(ji, order, inputs)
+                self._create(ji, order, inputs, cells)
             elif job.state is J.PENDING and (job.cmd != ji.cmd or job.cwd != ji.cwd):
                 self.note(f"warning: {ji.job_id}: command changed before start; using the new one")
                 self._keep(replace(job, cmd=ji.cmd, cwd=ji.cwd, spec=ji.spec, order=order))
@@ -134,6 +136,23 @@ class Project:
             if job.job_id not in known and not job.spec.get("orphaned"):
                 self._keep(replace(job, spec={**job.spec, "orphaned": True}))
                 self.note(f"{job.job_id}: orphaned (row removed); it is not cancelled")
+
+    def _restart_on_new_plan(self, inputs: Inputs) -> None:
+        """A new version of the plan or manifest after the last run ended starts a new run of
+        the pipeline (a new RUN_TS). Work already done is not redone: only new jobs launch."""
+        assert self.plan is not None
+        sha = inputs.sha
+        if not self.plan.plan_sha:
+            self.plan = replace(self.plan, plan_sha=sha)
+            self.plan_changed = True
+        elif sha != self.plan.plan_sha and self.plan.state in (P.DONE, P.FAILED):
+            now = self.clock()
+            self.set_plan(P.PARSING, plan_sha=sha, run_ts=run_stamp(now), reason="",
+                          data={"started_at": now})
+            self.note("new plan version: starting a new run")
+        elif sha != self.plan.plan_sha:
+            self.plan = replace(self.plan, plan_sha=sha)
+            self.plan_changed = True
 
     def _note_no_command(self, inputs: Inputs) -> None:
         """Open rows with nothing to run are BLOCKED with the reason, never silently dropped."""
@@ -156,10 +175,12 @@ class Project:
             if run_id not in cells:
                 self.store.put_cell(self.key, run_id, row.status_raw.strip(), None)
 
-    def _create(self, ji: JobInput, order: int, inputs: Inputs) -> None:
+    def _create(self, ji: JobInput, order: int, inputs: Inputs, cells: dict[str, Any]) -> None:
         row = inputs.rows.get(ji.run_id) if ji.run_id else None
         state, reason, spec = J.PENDING, "", dict(ji.spec)
         status = row.status if row is not None else None
+        if ji.run_id and cells.get(ji.run_id, (None, None))[1] is not None:
+            status = None  # we wrote this row's Status ourselves: it is no person's verdict on new work
         if status in FIRST_SIGHT:
             state, reason = FIRST_SIGHT[status], f"{status} in the tracker before expbridge saw it"
         elif status == "RUNNING":

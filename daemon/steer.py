@@ -204,6 +204,9 @@ def _move(project: Project, state: PlanState, milestone: str | None) -> pipeline
                 return None
             attempts = int(project.plan.data.get("sanity_attempt", 1))
             return pipeline.Move(P.BLOCKED, milestone, f"{move.reason} (after {attempts} attempt(s))")
+        if state is P.DEPLOYING and move is not None and move.dst is P.BLOCKED:
+            if hookflow.deploy_failed(project, milestone, pipeline.milestone_failures(milestone, jobs, flow)):
+                return None
         return move
     if state is P.BLOCKED and project.plan.reason.startswith("decision gate") and milestone in project.plan.data.get("gates_approved", []):
         return pipeline.next_milestone(milestone, flow)

@@ -51,6 +51,7 @@ class Inputs:
     plan_title: str = ""
     found: list[str] = field(default_factory=list)
     plan_switch: str | None = None
+    sha: str = ""  # of the plan and the manifest: a new version restarts the pipeline
 
     @property
     def usable(self) -> bool:
@@ -109,7 +110,18 @@ def load_inputs(project: Path) -> Inputs:
         _from_manifest(inputs, manifest, all_jobs(manifest))
     _from_tracker(inputs)
     _order_milestones(inputs)
+    inputs.sha = _content_sha(refine / PLAN, qpath)
     return inputs
+
+
+def _content_sha(*paths: Path | None) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    for path in paths:
+        if path is not None and path.is_file():
+            h.update(path.read_bytes())
+        h.update(b"\0")
+    return h.hexdigest()
 
 
 def _from_plan(inputs: Inputs, plan: Any) -> None:

@@ -205,3 +205,19 @@ def test_sighup_with_a_bad_config_keeps_the_old_one(tmp_path: Path) -> None:
         out = stop(daemon)
     assert "config reload failed, keeping the old one" in out
     assert "no_such_key" in out and "config.yaml:3" in out
+
+
+def test_a_new_plan_version_starts_a_new_run_without_redoing_work(tmp_path: Path) -> None:
+    proj = _pause_project(tmp_path)
+    daemon = start_daemon(proj.state, proj.path)
+    try:
+        wait_for(lambda: plan_state(proj) == "done", timeout=30, what="first run done")
+        queue = proj.path / "refine-logs" / "EXPERIMENT_QUEUE.yaml"
+        queue.write_text(queue.read_text() + "  - {id: extra, run: R001, cmd: 'touch extra.ran'}\n")
+        wait_for(lambda: (proj.path / "extra.ran").exists(), timeout=20, what="the new job")
+        wait_for(lambda: plan_state(proj) == "done", timeout=20, what="second run done")
+    finally:
+        stop(daemon)
+    assert proj.launches("counter") == 1 and proj.launches("extra") == 1
+    assert len(list(proj.path.glob("experiment_queue/*/run_meta.txt"))) == 2
+    assert list(proj.path.glob("refine-logs/EXPERIMENT_TRACKER_20*.md"))  # versioned before our first write

@@ -148,3 +148,25 @@ def test_a_failed_decision_gate_blocks_until_approved(project_factory) -> None:
     second = p.run()
     assert second.returncode == 0, second.stdout + second.stderr
     assert p.job_states()["ablate"] == "succeeded"
+
+
+def test_a_failed_milestone_gets_one_rescue_round(project_factory, tmp_path: Path) -> None:
+    manifest = """
+        jobs: [{id: flaky, run: R001, milestone: M1, cmd: "if [ -f fixed ]; then true; else exit 2; fi"}]
+    """
+    p = project_factory(manifest, [("R001", "M1", "MUST")])
+    cfg = with_config(p, tmp_path, {"rescue": hook(tmp_path, "rsc", 'touch "$EB_PROJECT/fixed"\n' + result())})
+    out = p.run(*cfg)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert calls(p, "rescue") == 1 and p.launches("flaky") == 2
+
+
+def test_rescue_on_failure_false_blocks_at_once(project_factory, tmp_path: Path) -> None:
+    manifest = """
+        jobs: [{id: flaky, run: R001, milestone: M1, cmd: "exit 2"}]
+    """
+    p = project_factory(manifest, [("R001", "M1", "MUST")])
+    cfg = with_config(p, tmp_path, {"rescue": hook(tmp_path, "rsc", result())})
+    out = p.run(*cfg, "rescue_on_failure: false")
+    assert out.returncode == 1 and calls(p, "rescue") == 0
+    assert "milestone M1 failed" in out.stderr
