@@ -22,6 +22,7 @@ from daemon.errors import BackendError, ExpbridgeError
 from daemon.model import ACTIVE, JobState, PlanState
 from daemon.project import Project
 from daemon.store import DirLock, Store
+from daemon.waiters import Waiters
 
 J, P = JobState, PlanState
 TERMINAL_PLAN = (P.DONE, P.BLOCKED, P.FAILED, P.AWAITING_APPROVAL)
@@ -44,6 +45,7 @@ class Core:
         self.on_line = on_line or (lambda project, line: None)
         self.locks: list[DirLock] = []
         self.projects: dict[str, Project] = {}
+        self.waiters: dict[str, Waiters] = {}
         self.last_tracker_write: dict[str, float] = {}
         self.write_due: dict[str, float] = {}  # project -> when a postponed tracker write is due
         self.watcher: Any = None
@@ -66,6 +68,8 @@ class Core:
             backend = self.make_backend(settings, path, self._exit_callback(key))
             project = Project(path, settings, backend, self.store)
             self.projects[key] = project
+            if Waiters.supported(backend):
+                self.waiters[key] = Waiters(key, backend, lambda k: self.post(ev.PollNow(k)))
         with self.store.transaction():
             for project in self.projects.values():
                 self._warn_if_stale(project)
@@ -98,6 +102,8 @@ class Core:
     def close(self) -> None:
         if self.watcher is not None:
             self.watcher.stop()
+        for waiter in self.waiters.values():
+            waiter.close()
         self.pool.shutdown(wait=True, cancel_futures=False)
         self.store.close()
         for lock in self.locks:
@@ -188,6 +194,10 @@ class Core:
             project.hook_requests.clear()
         for project in self.projects.values():
             self._write_files(project)
+            waiter = self.waiters.get(project.key)
+            if waiter is not None:
+                waiter.publish([Handle.from_json(j.handle) for j in project.jobs.values()
+                                if j.state in ACTIVE and j.handle])
 
     def _handle(self, event: Any, cancels: list[tuple[Project, Handle]]) -> None:
         if isinstance(event, ev.Stop):
@@ -219,7 +229,14 @@ class Core:
         elif isinstance(event, ev.LaunchError):
             project.launch_failed(event.job_id, event.attempt, event.error)
         elif isinstance(event, ev.Polled):
+            self._apply_polled(project, event.statuses)
+        elif isinstance(event, ev.PollNow):
+            self._poll(project)
+        elif isinstance(event, ev.Fetched):
+            for job_id, error in event.errors.items():
+                project.note(f"{job_id}: fetching outputs failed: {error}")
             for job_id, (attempt, status) in event.statuses.items():
+                project.fetched.add((job_id, attempt))
                 project.apply_status(job_id, attempt, status)
         elif isinstance(event, ev.Control):
             result = self._safe(project, lambda: steer.control(project, event, cancels))
@@ -227,6 +244,31 @@ class Core:
                 event.reply.put(result)
 
     # -- edges: backends and files ---------------------------------------------------------------
+    def _apply_polled(self, project: Project, statuses: Any) -> None:
+        """Local results apply at once; a remote job's outputs are fetched back first, in a
+        worker thread, so its success can be judged on real files (DESIGN §6)."""
+        remote = project.backend.name not in ("local", "fake")
+        to_fetch = {}
+        for job_id, (attempt, status) in statuses.items():
+            ended = status.phase in ("exited", "lost")
+            if remote and ended and (job_id, attempt) not in project.fetched:
+                to_fetch[job_id] = (attempt, status)
+            else:
+                project.apply_status(job_id, attempt, status)
+        if to_fetch:
+            handles = {jid: Handle.from_json(project.jobs[jid].handle) for jid in to_fetch
+                       if project.jobs.get(jid) and project.jobs[jid].handle}
+            self.pool.submit(self._fetch, project, to_fetch, handles)
+
+    def _fetch(self, project: Project, statuses: Any, handles: dict[str, Handle]) -> None:
+        errors = {}
+        for job_id, handle in handles.items():
+            try:
+                project.backend.fetch(handle, project.run_dir)
+            except Exception as exc:  # reported, and the job is judged on what did arrive
+                errors[job_id] = str(exc)[:300]
+        self.post(ev.Fetched(project.key, statuses, errors))
+
     def _run_hook(self, project: Project, req: hookflow.HookRequest) -> None:
         try:
             result = hookflow.run_request(project, req)

@@ -48,6 +48,20 @@ class Polled:
 
 
 @dataclass(frozen=True)
+class PollNow:
+    """A remote waiter saw a job end: poll that project now rather than at the next tick."""
+    project: str
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """Outputs of ended remote jobs were copied back; their statuses can now be applied."""
+    project: str
+    statuses: Mapping[str, tuple[int, RunStatus]]
+    errors: Mapping[str, str]
+
+
+@dataclass(frozen=True)
 class Tick:
     pass
 
@@ -65,4 +79,4 @@ class Control:
     reply: "queue.Queue[Any] | None" = None
 
 
-Event = FileChanged | JobExited | Launched | LaunchError | Polled | Tick | Stop | Control
+Event = FileChanged | JobExited | Launched | LaunchError | Polled | PollNow | Fetched | Tick | Stop | Control

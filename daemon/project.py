@@ -52,6 +52,7 @@ class Project:
         self.log: list[str] = []  # human-readable lines for the CLI and the structured log
         self.hook_requests: list[Any] = []  # hooks to run once the batch commits
         self.pending_switch: str | None = None  # a plan-switch word to write into the tracker
+        self.fetched: set[tuple[str, int]] = set()  # remote attempts whose outputs came back
 
     # -- state changes: the only two entry points ----------------------------------------------
     def set_job(self, job: Job, dst: JobState, **changes: Any) -> Job:
