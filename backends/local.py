@@ -100,7 +100,7 @@ class LocalBackend:
         if self.on_exit is not None:
             self.on_exit(handle)
 
-    def adopt(self, job: JobSpec, grace_s: float = 2.0) -> Handle | None:
+    def adopt(self, job: JobSpec, slot: Slot | None = None, grace_s: float = 2.0) -> Handle | None:
         """Find an attempt whose launch was not recorded (the daemon died mid-launch).
 
         The wrapper writes its pid within milliseconds of starting, so a short grace covers a

@@ -29,6 +29,12 @@ def make_backend(name: str, settings: Any, project: Path, on_exit: Callable[[Han
         if name == "slurm":
             from backends.slurm import from_settings as slurm_from_settings
             return slurm_from_settings(settings, project)
+        if name == "vast":
+            from backends.vast import from_settings as vast_from_settings
+            return vast_from_settings(settings, project)
+        if name == "modal":
+            from backends.modal_backend import from_settings as modal_from_settings
+            return modal_from_settings(settings, project)
     except ImportError as exc:
         extra = EXTRAS.get(name, name)
         raise BackendUnavailable(f"backend {name!r} needs an extra: install experiment-bridge[{extra}] ({exc})") from exc

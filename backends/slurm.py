@@ -271,7 +271,7 @@ class SlurmBackend:
                               self.timeout)
         return parse_squeue(res.stdout).get(handle.ref) if res.rc == 0 else None
 
-    def adopt(self, job: JobSpec) -> Handle | None:
+    def adopt(self, job: JobSpec, slot: Slot | None = None) -> Handle | None:
         """Reconcile by name: the newest Slurm job named like this attempt AND running in this
         attempt's job dir (names repeat across runs of a plan; the job dir has the RUN_TS)."""
         job.validate()

@@ -28,7 +28,7 @@ from backends.codesync import CodeSync, sync
 from backends.gpus import free_gpus, parse_gpu_csv
 from backends.sshconn import HostSpec, SshPool
 from backends.sshstate import Breaker, HostState, job_status
-from backends.sshscripts import (HostReading, JobReading, Launch, Probe, cancel_script, gpu_script,
+from backends.sshscripts import (HostReading, JobReading, Launch, Probe, adopt_script, cancel_script, gpu_script,
                                  home_path, launch_script, orphan_script, parse_launch, parse_poll,
                                  poll_script, remote_cwd, signal_script, watch_script)
 from daemon.errors import BackendError, BackendUnavailable, HostUnreachable, LaunchFailed, UnsafeValue
@@ -199,6 +199,23 @@ class SshBackend:
         log.info("launched", host=alias, gpu=slot.gpu, session=job.session, cmd=launch.cmd,
                  est_hours=job.est_hours, pid=pid)  # F32: what ran where, and for how long
         return handle
+
+    def adopt(self, job: JobSpec, slot: Slot | None = None) -> Handle | None:
+        """The handle of an attempt that started but whose launch was never recorded."""
+        if slot is None or slot.host not in self.hosts:
+            return None
+        launch = self._launch(job, slot)
+        reply = parse_launch(self.call(slot.host, adopt_script(launch.job_dir, self.launch_timeout_s),
+                                       self.command_timeout_s + self.launch_timeout_s).stdout)
+        if not isinstance(reply, tuple):
+            return None
+        pid, wpid, spid = reply
+        extra = {"kind": self.session_kind, "pid": pid, "wpid": wpid, "spid": spid, "gpu": slot.gpu,
+                 "cwd": launch.cwd, "local_cwd": str(Path(job.cwd).resolve()),
+                 "outputs": list(job.expected_output)}
+        with self._lock:
+            self._held[(slot.host, job.session)] = slot
+        return Handle("ssh", job.session, slot.host, launch.job_dir, launch.log, json.dumps(extra, sort_keys=True))
 
     def _launch(self, job: JobSpec, slot: Slot) -> Launch:
         """The job in the host's terms: remote run tree, remote cwd, GPU substituted."""

@@ -135,6 +135,28 @@ echo "EBOK $pid ${{wpid:-0}} ${{spid:-0}}"
 """
 
 
+def adopt_script(job_dir: str, grace_s: float) -> str:
+    """Find an attempt whose launch reply never reached us (the daemon died mid-launch).
+
+    Waits up to grace_s for a launch still in flight; prints `EBOK <pid> <wpid> <spid>` like a
+    launch, or `EBERR none` when the attempt never started.
+    """
+    jd = home_path(job_dir)
+    tries = max(1, int(grace_s / 0.05))
+    return f"""cd "$HOME" || {{ echo "EBERR no home directory"; exit 90; }}
+i=0
+while [ ! -s {jd}/pid ] && [ ! -f {jd}/exit ]; do
+  [ -d {jd} ] || {{ echo "EBERR none"; exit 0; }}
+  i=$((i+1)); [ "$i" -gt {tries} ] && {{ echo "EBERR none"; exit 0; }}
+  sleep 0.05
+done
+pid=$(cat {jd}/pid 2>/dev/null || echo 0)
+wpid=$pid; command -v setsid >/dev/null 2>&1 && wpid=$(ps -o ppid= -p "$pid" 2>/dev/null | tr -d ' ')
+spid=$(ps -o ppid= -p "${{wpid:-0}}" 2>/dev/null | tr -d ' ')
+echo "EBOK ${{pid:-0}} ${{wpid:-0}} ${{spid:-0}}"
+"""
+
+
 @dataclass(frozen=True)
 class Probe:
     """One of our sessions to look at: identity (kind, name, session pid, wrapper pid) + files."""

@@ -128,7 +128,8 @@ class Core:
             handle = Handle.from_json(job.handle) if job.handle else None
             if handle is None and job.state is J.LAUNCHING:
                 adopt = getattr(project.backend, "adopt", None)
-                handle = adopt(project.spec_for(job)) if adopt else None
+                slot = Slot.from_key(job.slot) if job.slot else None
+                handle = adopt(project.spec_for(job), slot) if adopt else None
                 if handle is None:
                     project.launch_failed(job.job_id, job.attempt, "daemon stopped before the launch was recorded")
                     continue

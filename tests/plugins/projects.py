@@ -53,8 +53,13 @@ class Proj:
         return conn
 
     def job_states(self) -> dict[str, str]:
-        with self.db() as conn:
-            return {r["job_id"]: r["state"] for r in conn.execute("SELECT job_id, state FROM jobs")}
+        if not (self.state / "state.db").exists():
+            return {}
+        try:
+            with self.db() as conn:
+                return {r["job_id"]: r["state"] for r in conn.execute("SELECT job_id, state FROM jobs")}
+        except sqlite3.OperationalError:  # the controller has not created its schema yet
+            return {}
 
     def launches(self, job_id: str) -> int:
         with self.db() as conn:
