@@ -68,7 +68,8 @@ class VastBackend:
     def __init__(self, project_dir: Path, api: Any, *, requirement: Requirement | None = None,
                  image: str = DEFAULT_IMAGE, onstart: str = DEFAULT_ONSTART, auto_destroy: bool = True,
                  destroy_orphans: bool = False, max_instances: int = 1, code_dir: str = "/workspace/project",
-                 ssh_key_file: str | None = None, remote_base: str = ".expbridge",
+                 ssh_key_file: str | None = None, ssh_user: str | None = None,
+                 remote_base: str = ".expbridge",
                  budget: BudgetConfig | None = None, approve: Callable[[float], bool] | None = None,
                  timing: Timing | None = None, keep_warm_s: float = 0.0, ssh_timeout_s: float = 30.0,
                  launch_timeout_s: float = 30.0, sleep: Callable[[float], None] = time.sleep,
@@ -80,6 +81,7 @@ class VastBackend:
         self.auto_destroy, self.destroy_orphans = auto_destroy, destroy_orphans
         self.max_instances, self.code_dir = max_instances, code_dir
         self.ssh_key_file, self.remote_base = ssh_key_file, remote_base
+        self.ssh_user = ssh_user  # None: the user in the ssh-url (root on Vast images)
         self.budget = budget or BudgetConfig()
         self.approve = approve or (lambda usd: False)
         self.timing = timing or Timing()
@@ -121,7 +123,7 @@ class VastBackend:
         return out
 
     def _may_rent(self) -> bool:
-        if self.hold and self.approve(self._hold_usd):
+        if self.hold.startswith("renting waits for approval") and self.approve(self._hold_usd):
             log.info("vast rental approved", usd=round(self._hold_usd, 2))
             self.hold = ""
         return not self.hold
@@ -130,7 +132,7 @@ class VastBackend:
     def submit(self, job: JobSpec, slot: Slot) -> Handle:
         job.validate()
         if slot.host == RENT_HOST:
-            inst = self._rent(job)
+            inst = self.provision(job)
             free = inst.ssh.slots()
             if not free:
                 raise LaunchFailed(f"vast instance {inst.instance_id}: no free GPU after set-up "
@@ -149,16 +151,13 @@ class VastBackend:
         self.file.update(inst.instance_id, experiment=job.job_id)
         return handle
 
-    def _rent(self, job: JobSpec) -> Instance:
+    def provision(self, job: JobSpec) -> Instance:
+        """Rent, verify and set up one instance for `job` (blocking; run it in a worker thread)."""
         req = self.requirement.with_hours(job.est_hours)
         with self._lock:
             self._renting += 1
         try:
-            prov = self._provisioner(job)
-            option = next(iter(prov.search(req)), None)
-            if option is not None:
-                self._check_budget(option.total_usd)
-            rented = prov.rent(req, job.job_id)
+            rented = self._provisioner(job).rent(req, job.job_id)
         finally:
             with self._lock:
                 self._renting -= 1
@@ -171,6 +170,7 @@ class VastBackend:
     def _provisioner(self, job: JobSpec) -> Provisioner:
         return Provisioner(self.api, self.file, self.image, self.onstart, f"{self.label}-{job.job_id}",
                            self.timing, verify=self._verify, destroy=self._destroy_id,
+                           gate=lambda option: self._check_budget(option.total_usd),
                            sleep=self.sleep, clock=self.clock, wall=self.wall)
 
     def _check_budget(self, next_usd: float) -> None:
@@ -193,7 +193,7 @@ class VastBackend:
             iid, user, host, port = rented.instance_id, rented.user, rented.host, rented.port
         else:
             iid, (user, host, port) = int(rented["instance_id"]), vast_api.parse_ssh_url(str(rented["ssh_url"]))
-        spec = HostSpec(f"vast-{iid}", hostname=host, user=user, port=port, key_file=self.ssh_key_file,
+        spec = HostSpec(f"vast-{iid}", hostname=host, user=self.ssh_user or user, port=port, key_file=self.ssh_key_file,
                         code_dir=self.code_dir)
         known = self.project_dir / "refine-logs" / ".expbridge-vast" / f"known_hosts-{iid}"
         known.parent.mkdir(parents=True, exist_ok=True)
@@ -298,7 +298,7 @@ class VastBackend:
         if inst is None:
             raise BackendError(f"{handle.host}: instance gone; nothing can be fetched")
         try:
-            inst.ssh.fetch(handle, dest)
+            self._fetch_twice(inst, handle, dest)
         except Exception as exc:
             with self._lock:
                 inst.fetch_failed.add(handle.ref)
@@ -311,6 +311,14 @@ class VastBackend:
             inst.fetch_failed.discard(handle.ref)
             inst.fetched.add(handle.ref)
         self._reap()
+
+    @staticmethod
+    def _fetch_twice(inst: Instance, handle: Handle, dest: Path) -> None:
+        """A connection that died since the last call fails once, then reopens: try again."""
+        try:
+            inst.ssh.fetch(handle, dest)
+        except HostUnreachable:
+            inst.ssh.fetch(handle, dest)
 
     # -- teardown and restart -------------------------------------------------------------------
     def _reap(self) -> None:

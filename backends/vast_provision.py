@@ -63,6 +63,7 @@ class Provisioner:
     timing: Timing = field(default_factory=Timing)
     verify: Callable[[Rented], str] = lambda r: "ok"  # "ok", "publickey", "refused", or a reason
     destroy: Callable[[int, str], None] = lambda iid, why: None
+    gate: Callable[[Option], None] = lambda option: None  # the budget check; raises to stop renting
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.monotonic
     wall: Callable[[], float] = time.time
@@ -102,6 +103,7 @@ class Provisioner:
 
     def try_offer(self, option: Option, req: Requirement, experiment: str) -> Rented | None:
         """One offer end to end; None when it failed in a way another offer may not."""
+        self.gate(option)
         try:
             reply = vast_api.call("create instance", self.api.create_instance, option.offer.offer_id,
                                   image=self.image, disk=req.disk_gb, label=self.label,

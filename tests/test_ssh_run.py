@@ -72,8 +72,10 @@ def test_kill_9_mid_run_then_restart_adopts_remote_jobs(project_factory, ssh_hos
     result = p.run("--config", cfg, timeout=180)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     homes = [h.home for h in ssh_hosts.hosts.values()]
+    with p.db() as conn:  # the hosts outlive one test: look only at this run's tree
+        run_ts = conn.execute("SELECT run_ts FROM plans").fetchone()[0]
     for job in ("g-s0", "g-s1", "g-s2", "g-s3"):
         # a launch cut short before it reached the host is retried; one that started never is
-        started = [f for home in homes for f in home.glob(f".expbridge/runs/proj-*/jobs/{job}/a*/started")]
+        started = [f for home in homes for f in home.glob(f".expbridge/runs/proj-{run_ts}/jobs/{job}/a*/started")]
         assert len(started) == 1, (job, started)
     assert len(list(p.path.glob("out/s*.txt"))) == 4
