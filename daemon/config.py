@@ -152,6 +152,16 @@ class VastConfig(Section):
     disk_gb: float = Field(50, gt=0)
     min_reliability: float = Field(0.95, ge=0, le=1)
     auto_destroy: bool = True
+    min_cuda: float = Field(12.1, gt=0)
+    est_hours: float = Field(1.0, gt=0)
+    max_instances: int = Field(1, ge=1)
+    ssh_key_file: str | None = None
+    code_dir: str = "/workspace/project"
+    onstart: str | None = None
+    destroy_orphans: bool = False
+    keep_warm_s: float = Field(0, ge=0)
+    provision_timeout_s: float = Field(1800, gt=0)
+    api_timeout_s: float = Field(30, gt=0)
 
 
 class ModalConfig(Section):
@@ -163,6 +173,12 @@ class ModalConfig(Section):
     secrets: list[str] = Field(default_factory=list)
     image: str | None = None
     requirements: str | None = None
+    mode: Literal["sandbox", "function"] = "sandbox"
+    function: str | None = None
+    code_dir: str = "/workspace/project"
+    max_parallel: int = Field(4, ge=1)
+    usd_per_hour: float | None = Field(None, gt=0)
+    api_timeout_s: float = Field(30, gt=0)
 
 
 class WandbConfig(Section):

@@ -82,3 +82,11 @@ class HostUnreachable(BackendError):
     """A remote host or the link to it failed (connect, auth, drop, timeout): infrastructure."""
 
     retryable = True
+
+
+class ApprovalRequired(BackendError):
+    """Renting would pass the budget's usd_max: nothing is rented until someone approves."""
+
+
+class BudgetRefused(BackendError):
+    """Renting would pass the budget's usd_hard_cap: refused outright."""

@@ -119,6 +119,8 @@ def done(project: Project, event: HookDone) -> None:
         _reviewed(project, result)
     elif phase in ("debug", "rescue"):
         _rescued(project, event.request, result)
+    elif phase == "ablation_planner":
+        _ablations_planned(project, event.request, result)
 
 
 def _next_after_implement(project: Project) -> PlanState | None:
@@ -229,3 +231,34 @@ def _rescued(project: Project, req: HookRequest, result: Any) -> None:
             requeue(project, job)
     project.note(f"{'sanity attempt ' + str(attempt) if project.plan.state is P.SANITY else 'retrying ' + str(req.milestone)}"
                  f" after the {req.phase} hook")
+
+
+# -- ablation planning (F94): after a positive main milestone ------------------------------------
+def plan_ablations(project: Project, milestone: str | None) -> bool:
+    """Ask the ablation planner once, after the main milestone; False when it does not apply."""
+    assert project.plan is not None
+    if not hook_command(project, "ablation_planner") or project.plan.data.get("ablations_planned"):
+        return False
+    _set_data(project, ablations_planned=True)
+    request(project, "ablation_planner", milestone)
+    return True
+
+
+def _ablations_planned(project: Project, req: HookRequest, result: Any) -> None:
+    from datetime import datetime
+
+    from daemon import pipeline
+    from daemon.steer import flow_of
+    from handlers.ablation import apply_ablations
+
+    notes: list[str] = []
+    new: list[str] = []
+    if result.status == "ok":
+        new = apply_ablations(project.path, result.out_dir, datetime.now(), notes=notes)
+    else:
+        notes.append(f"ablation planner {result.status}: {result.reason}")
+    for line in notes:
+        project.note(f"ablation planning: {line}")
+    project.note(f"ablation planning added {len(new)} run(s): {', '.join(new) or 'none'}")
+    move = pipeline.next_milestone(req.milestone, flow_of(project))
+    project.set_plan(move.dst, milestone=move.milestone)

@@ -107,6 +107,12 @@ def drive(project: Project, finish: Any) -> None:
         plan = project.plan
         if plan is None or project.inputs is None:
             return
+        if plan.state is P.FINISHING:  # entered from a hook's outcome rather than a move here
+            if any(j.state in ACTIVE for j in project.jobs.values()):
+                return
+            finish(project)
+            project.set_plan(P.DONE, milestone=None, reason="")
+            continue
         move = _move(project, plan.state, plan.milestone)
         if move is None:
             return
@@ -117,9 +123,7 @@ def drive(project: Project, finish: Any) -> None:
             hookflow.enter(project, move.dst)
         if move.dst is P.AWAITING_APPROVAL:
             checkpoint(project)
-        if move.dst is P.FINISHING:
-            finish(project)
-            project.set_plan(P.DONE, milestone=None, reason="")
+
 
 
 def gate_failure(project: Project, milestone: str | None, jobs: list[Any], flow: pipeline.Flow) -> str | None:
@@ -155,6 +159,34 @@ def gate_failure(project: Project, milestone: str | None, jobs: list[Any], flow:
             return f"{run_id}: {result.reason}"
     project.note(f"decision gate {milestone} passed")
     return None
+
+
+def _is_main(project: Project, milestone: str | None) -> bool:
+    inputs = project.inputs
+    return inputs is not None and milestone is not None and inputs.milestone_stages.get(milestone) == "main"
+
+
+def _after_main(project: Project, milestone: str | None, jobs: list[Any], flow: pipeline.Flow) -> pipeline.Move | None:
+    """F94: a positive main result goes to the ablation planner; anything else skips it, said so."""
+    from handlers.collect import run_metrics, verdict
+    from handlers.criteria import milestone_verdict
+
+    if not hookflow.hook_command(project, "ablation_planner") or project.plan.data.get("ablations_planned"):  # type: ignore[union-attr]
+        return None
+    runs: dict[str, list[Any]] = {}
+    for j in jobs:
+        runs.setdefault(j.run_id or j.job_id, []).append(j)
+    metrics = {r: run_metrics(js) for r, js in runs.items()}
+    mine = {j.run_id or j.job_id for j in pipeline.jobs_of(milestone, jobs, flow)}
+    verdicts = [v for r in mine if (v := verdict(metrics[r], metrics)) is not None]
+    outcome = milestone_verdict(verdicts)
+    if outcome != "positive":
+        project.note(f"ablation planning skipped: the main result ({milestone}) is {outcome}")
+        project.plan = replace(project.plan, data={**project.plan.data, "ablations_planned": True})  # type: ignore[arg-type]
+        project.plan_changed = True
+        return None
+    hookflow.plan_ablations(project, milestone)
+    return pipeline.Move(P.PLANNING_ABLATIONS, milestone)
 
 
 def checkpoint(project: Project) -> None:
@@ -198,6 +230,8 @@ def _move(project: Project, state: PlanState, milestone: str | None) -> pipeline
             failed_gate = gate_failure(project, milestone, jobs, flow)
             if failed_gate:
                 return pipeline.Move(P.BLOCKED, milestone, f"decision gate {milestone}: {failed_gate}")
+            if state is P.DEPLOYING and _is_main(project, milestone):
+                return _after_main(project, milestone, jobs, flow) or move
         if state is P.SANITY and move is not None and move.dst is P.BLOCKED:
             failed = pipeline.milestone_failures(milestone, jobs, flow)
             if hookflow.sanity_failed(project, milestone, failed):

@@ -37,6 +37,7 @@ class Inputs:
     milestones: list[str] = field(default_factory=list)
     milestone_names: dict[str, str] = field(default_factory=dict)
     milestone_costs: dict[str, float] = field(default_factory=dict)
+    milestone_stages: dict[str, str] = field(default_factory=dict)
     sanity: str | None = None
     no_command: list[str] = field(default_factory=list)  # tracker runs with nothing to run
     rows: dict[str, Any] = field(default_factory=dict)  # run_id -> tracker Row
@@ -130,6 +131,7 @@ def _from_plan(inputs: Inputs, plan: Any) -> None:
     for m in plan.milestones:
         inputs.milestones.append(m.id)
         inputs.milestone_names[m.id] = m.name or m.id
+        inputs.milestone_stages[m.id] = m.stage
         if m.cost_hours:
             inputs.milestone_costs[m.id] = m.cost_hours
         if inputs.sanity is None and (m.stage == "sanity" or SANITY_WORDS.search(m.name or "")):

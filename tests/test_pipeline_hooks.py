@@ -170,3 +170,38 @@ def test_rescue_on_failure_false_blocks_at_once(project_factory, tmp_path: Path)
     out = p.run(*cfg, "rescue_on_failure: false")
     assert out.returncode == 1 and calls(p, "rescue") == 0
     assert "milestone M1 failed" in out.stderr
+
+
+ABLATE = """
+    phases:
+      - name: base
+        milestone: M1
+        jobs: [{id: base, run: R001, cmd: "echo acc=0.50 > base.log", expected_output: base.log}]
+      - name: main
+        milestone: M2
+        jobs: [{id: main, run: R002, cmd: "echo acc=0.90 > main.log", expected_output: main.log, success: "acc +10% over R001"}]
+"""
+PLANNER = """cat > "$EB_OUT/rows.json" <<'JSON'
+[{"name": "ablation-no-crosses", "what": "drop the cross term", "priority": 1}]
+JSON
+"""
+
+
+def test_positive_main_result_calls_the_ablation_planner(project_factory, tmp_path: Path) -> None:
+    p = project_factory(ABLATE, [("R001", "M1", "MUST"), ("R002", "M2", "MUST")],
+                        milestones=[("M1", "Baseline"), ("M2", "Main method")])
+    cfg = with_config(p, tmp_path, {"ablation_planner": hook(tmp_path, "abl", PLANNER + result())})
+    out = p.run(*cfg)
+    assert calls(p, "ablation_planner") == 1, out.stdout + out.stderr
+    assert "ablation planning added 1 run(s): R003" in out.stdout
+    assert "| R003 |" in p.tracker.read_text()
+    assert list(p.path.glob("refine-logs/EXPERIMENT_PLAN_20*.md"))  # versioned before the append
+
+
+def test_negative_main_result_skips_the_planner_with_a_note(project_factory, tmp_path: Path) -> None:
+    p = project_factory(ABLATE.replace("+10%", "+90%"), [("R001", "M1", "MUST"), ("R002", "M2", "MUST")],
+                        milestones=[("M1", "Baseline"), ("M2", "Main method")])
+    cfg = with_config(p, tmp_path, {"ablation_planner": hook(tmp_path, "abl", PLANNER + result())})
+    out = p.run(*cfg)
+    assert calls(p, "ablation_planner") == 0
+    assert "ablation planning skipped: the main result (M2) is negative" in out.stdout
