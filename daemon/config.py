@@ -229,6 +229,7 @@ class ProjectSettings(Section):
     cpu_slots: int | None = Field(None, ge=1)
     launch_timeout_s: float = Field(30, gt=0)
     poll_interval_s: float = Field(5.0, gt=0)
+    training_check_s: float = Field(600.0, gt=0)
     conda: str | None = None
     conda_hook: str | None = None
     code_dir: str | None = None

@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 
 from backends.base import Handle, JobSpec, RunStatus, Slot
 from daemon import events as ev
-from daemon import hookflow, outputs, steer
+from daemon import hookflow, outputs, steer, upkeep
 from daemon.errors import BackendError, ExpbridgeError
 from daemon.model import ACTIVE, JobState, PlanState
 from daemon.project import Project
@@ -104,6 +104,8 @@ class Core:
             self.watcher.stop()
         for waiter in self.waiters.values():
             waiter.close()
+        for project in self.projects.values():
+            upkeep.close(project)
         self.pool.shutdown(wait=True, cancel_futures=False)
         self.store.close()
         for lock in self.locks:
@@ -206,7 +208,7 @@ class Core:
             return
         if isinstance(event, ev.Tick):
             for project in self.projects.values():
-                project.flag_overtime(time.time())
+                self._safe(project, lambda p=project: upkeep.tick(p, cancels))
                 self._poll(project)
             return
         if isinstance(event, ev.FileChanged):

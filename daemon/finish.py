@@ -106,8 +106,10 @@ def write_results(project: Project, now: datetime) -> None:
             by_milestone.setdefault(run.milestone, []).append(run.verdict)  # type: ignore[attr-defined]
     verdicts = {m: milestone_verdict(vs) for m, vs in by_milestone.items()}  # type: ignore[arg-type]
     inputs = project.inputs
+    audit = project.plan.data.get("audit") if project.plan else None
     text = render_results(inputs.plan_title if inputs else "", time.strftime("%Y-%m-%d"), runs, verdicts,  # type: ignore[arg-type]
-                          getattr(project.settings, "language", "en"), project.path.name)
+                          getattr(project.settings, "language", "en"), project.path.name,
+                          notes=[audit] if audit else [])
     write_output(project.path / REFINE / "EXPERIMENT_RESULTS.md", text, now, project.path / "MANIFEST.md",
                  description="results of the experiment bridge")
 

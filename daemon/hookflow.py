@@ -119,6 +119,8 @@ def done(project: Project, event: HookDone) -> None:
         _reviewed(project, result)
     elif phase in ("debug", "rescue"):
         _rescued(project, event.request, result)
+    elif phase == "audit":
+        _audited(project, result)
     elif phase == "ablation_planner":
         _ablations_planned(project, event.request, result)
 
@@ -262,3 +264,27 @@ def _ablations_planned(project: Project, req: HookRequest, result: Any) -> None:
     project.note(f"ablation planning added {len(new)} run(s): {', '.join(new) or 'none'}")
     move = pipeline.next_milestone(req.milestone, flow_of(project))
     project.set_plan(move.dst, milestone=move.milestone)
+
+
+# -- integrity audit (F103): advisory, never blocks ------------------------------------------------
+def audit_pending(project: Project) -> bool:
+    """True while the audit hook must run or is running before the final reports."""
+    assert project.plan is not None
+    if not hook_command(project, "audit") or project.plan.data.get("audit_done"):
+        return False
+    if pending(project) is None:
+        request(project, "audit", None)
+    return True
+
+
+def _audited(project: Project, result: Any) -> None:
+    from datetime import datetime
+
+    from handlers.audit import audit_line, publish_audit, read_audit
+
+    line = f"Integrity audit: not available ({result.status}: {result.reason})"
+    if result.status == "ok":
+        publish_audit(result.out_dir, project.path, datetime.now(), project.path / "MANIFEST.md")
+        line = audit_line(read_audit(project.path))
+    project.note(line)
+    _set_data(project, audit_done=True, audit=line)

@@ -114,6 +114,11 @@ def sync_tracker(project: Project) -> str | None:
     before = path.read_bytes()
     result, sha = update_tracker(path, edits)
     wrote = result.text.encode("utf-8") != before
+    from daemon.upkeep import notify
+    for e in result.applied:
+        if e.status in ("DONE", "FAILED", "STUCK"):
+            notify(project, {"DONE": "run_done", "FAILED": "run_failed", "STUCK": "run_stuck"}[e.status],
+                   run=e.run_id, notes=e.notes_eb)
     ended = {e.run_id for e in result.applied if e.status in ("DONE", "FAILED", "STUCK")}
     if ended:
         from daemon.finish import log_runs

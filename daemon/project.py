@@ -53,6 +53,7 @@ class Project:
         self.hook_requests: list[Any] = []  # hooks to run once the batch commits
         self.pending_switch: str | None = None  # a plan-switch word to write into the tracker
         self.fetched: set[tuple[str, int]] = set()  # remote attempts whose outputs came back
+        self.budget_stop = False  # the ledger says no new launches (hard GPU-hour budget)
 
     # -- state changes: the only two entry points ----------------------------------------------
     def set_job(self, job: Job, dst: JobState, **changes: Any) -> Job:
@@ -202,6 +203,8 @@ class Project:
         if job is None or job.attempt != attempt or job.state is not J.LAUNCHING:
             return
         self.set_job(job, J.RUNNING, handle=handle.to_json(), started_at=self.clock())
+        from daemon.upkeep import notify
+        notify(self, "launch_verified", job=job_id, attempt=attempt, slot=job.slot, cmd=job.cmd)
         self.note(f"launched {job_id} a{attempt} on {job.slot}: {job.cmd} (est {job.spec.get('est_hours') or '?'} h)")
 
     def launch_failed(self, job_id: str, attempt: int, error: str) -> None:
@@ -287,7 +290,8 @@ class Project:
         """Run decide() and turn its launches into specs; jobs are marked launching first."""
         active = self.launch_allowed()
         inputs = self.inputs
-        view = View(list(self.jobs.values()), free_slots if active is not None else [], self.clock(),
+        allowed = active is not None and not self.budget_stop
+        view = View(list(self.jobs.values()), free_slots if allowed else [], self.clock(),
                     inputs.milestones if inputs else (), active or None, self.cap(), not_ready,
                     frozenset(j.slot for j in self.jobs.values() if j.state is J.PAUSED and j.slot
                               and j.prev_state is J.RUNNING))

@@ -10,7 +10,7 @@ from dataclasses import replace
 from typing import Any
 
 from backends.base import Handle
-from daemon import hookflow, pipeline
+from daemon import hookflow, pipeline, upkeep
 from daemon.model import ACTIVE, FINAL, Job, JobState, PlanState
 from daemon.project import Project
 
@@ -110,14 +110,22 @@ def drive(project: Project, finish: Any) -> None:
         if plan.state is P.FINISHING:  # entered from a hook's outcome rather than a move here
             if any(j.state in ACTIVE for j in project.jobs.values()):
                 return
+            if hookflow.audit_pending(project):
+                return
             finish(project)
             project.set_plan(P.DONE, milestone=None, reason="")
+            upkeep.notify(project, "experiment_done", summary=project.plan.data.get("summary"))
             continue
         move = _move(project, plan.state, plan.milestone)
         if move is None:
             return
-        if move.dst is P.DEPLOYING and plan.state in (P.SANITY, P.DEPLOYING):
+        if move.dst in (P.DEPLOYING, P.FINISHING, P.PLANNING_ABLATIONS) and plan.state in (P.SANITY, P.DEPLOYING):
             project.note(f"milestone {plan.milestone} passed")
+            upkeep.notify(project, "milestone_passed", milestone=plan.milestone)
+        if move.dst is P.BLOCKED:
+            upkeep.notify(project, "blocked", reason=move.reason)
+        if move.dst is P.AWAITING_APPROVAL:
+            upkeep.notify(project, "awaiting_approval")
         project.set_plan(move.dst, milestone=move.milestone, reason=move.reason)
         if move.dst in (P.IMPLEMENTING, P.REVIEWING):
             hookflow.enter(project, move.dst)
@@ -244,6 +252,8 @@ def _move(project: Project, state: PlanState, milestone: str | None) -> pipeline
         return move
     if state is P.BLOCKED and project.plan.reason.startswith("decision gate") and milestone in project.plan.data.get("gates_approved", []):
         return pipeline.next_milestone(milestone, flow)
+    if state is P.BLOCKED and project.plan.reason.startswith("budget:") and not project.budget_stop:
+        return pipeline.Move(project.plan.prev_state or P.DEPLOYING, milestone)
     if state is P.BLOCKED and project.plan.prev_state in (P.SANITY, P.DEPLOYING):
         if project.plan.reason.startswith(("sanity failed", "milestone")) and pipeline.unblocked(milestone, jobs, flow):
             return pipeline.Move(project.plan.prev_state, milestone)

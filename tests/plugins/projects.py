@@ -6,7 +6,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -30,6 +30,7 @@ PLAN = """# Experiment Plan
 class Proj:
     path: Path
     state: Path
+    env: dict[str, str] = field(default_factory=dict)  # extra environment for the CLI
 
     @property
     def tracker(self) -> Path:
@@ -37,11 +38,11 @@ class Proj:
 
     def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "daemon.cli", *args], capture_output=True, text=True,
-                              timeout=timeout, cwd=REPO, env=cli_env(self.state))
+                              timeout=timeout, cwd=REPO, env={**cli_env(self.state), **self.env})
 
     def popen(self, *args: str) -> subprocess.Popen[str]:
         return subprocess.Popen([sys.executable, "-m", "daemon.cli", *args], stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, cwd=REPO, env=cli_env(self.state),
+                                stderr=subprocess.STDOUT, text=True, cwd=REPO, env={**cli_env(self.state), **self.env},
                                 start_new_session=True)
 
     def run(self, *extra: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -95,6 +96,17 @@ def make_project(root: Path, manifest: str, runs: list[tuple[str, str, str]],
     (refine / "EXPERIMENT_TRACKER.md").write_text("# Experiment Tracker\n\n" + "\n".join(table) + "\n")
     (refine / "EXPERIMENT_QUEUE.yaml").write_text(textwrap.dedent(manifest))
     return Proj(root / "proj", root / "state")
+
+
+def fake_gpus(root: Path, n: int = 1) -> dict[str, str]:
+    """A fake nvidia-smi (GPUs are the one part nothing here can run) reporting n idle GPUs."""
+    bin_dir = root / "fake-bin"
+    bin_dir.mkdir(exist_ok=True)
+    rows = "\\n".join(f"{i}, GPU-fake-{i}, 0, 16000" for i in range(n))
+    smi = bin_dir / "nvidia-smi"
+    smi.write_text(f"#!/bin/sh\nprintf '{rows}\\n'\n")
+    smi.chmod(0o755)
+    return {"PATH": f"{bin_dir}:{os.environ.get('PATH', '')}"}
 
 
 @pytest.fixture
