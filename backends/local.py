@@ -16,12 +16,16 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 from backends import procs
+from backends.reaper import Reaper
 from backends.base import (WRAPPER, Handle, JobSpec, RunStatus, Slot, classify_exit,
                            parse_exit_file, substitute_gpu)
 from backends.gpus import QUERY_ARGS, free_gpus, parse_gpu_csv
 from daemon.errors import BackendUnavailable, LaunchFailed
 
 ExitCallback = Callable[[Handle], None]
+# bash runs the wrapper directly when present (its re-exec from sh would cost another exec)
+SHELL = shutil.which("bash") or shutil.which("sh") or "/bin/sh"
+_DEVNULL_STDIO = [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_RDWR, 0) for fd in (0, 1, 2)]
 
 
 class LocalBackend:
@@ -38,6 +42,11 @@ class LocalBackend:
         self.launch_timeout_s = launch_timeout_s
         self.cancel_grace_s = cancel_grace_s
         self.on_exit = on_exit
+        self._reaper = Reaper(self._exited)
+
+    def _exited(self, handle: Handle) -> None:
+        if self.on_exit is not None:
+            self.on_exit(handle)
 
     # -- capacity ---------------------------------------------------------------------------
     def preflight(self) -> None:
@@ -66,39 +75,20 @@ class LocalBackend:
         job_dir, log = Path(job.job_dir), Path(job.log_path)
         job_dir.mkdir(parents=True, exist_ok=True)
         log.parent.mkdir(parents=True, exist_ok=True)
-        argv = ["sh", str(WRAPPER), str(job_dir), str(log), job.cwd,
+        argv = [SHELL, str(WRAPPER), str(job_dir), str(log), job.cwd,
                 "" if slot.gpu is None else str(slot.gpu), job.conda_hook or "", job.conda_env or "",
                 substitute_gpu(job.cmd, slot)]
         env = {**os.environ, **job.env, "EB_JOB": job.job_id, "EB_ATTEMPT": str(job.attempt)}
         try:
-            proc = subprocess.Popen(argv, start_new_session=True, stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                    env=env, close_fds=True)
+            # posix_spawn (vfork underneath) costs a fraction of fork+exec from a large parent,
+            # which is most of a short job's launch time; setsid gives the job its own group
+            pid = os.posix_spawn(SHELL, argv, env, setsid=True, file_actions=_DEVNULL_STDIO)
         except OSError as exc:
             raise LaunchFailed(f"{job.job_id}: cannot start wrapper: {exc}") from exc
-        ident = procs.identity(proc.pid) or f"{proc.pid}:?"
+        ident = procs.identity(pid) or f"{pid}:?"
         handle = Handle("local", ident, "local", str(job_dir), str(log))
-        threading.Thread(target=self._watch, args=(proc, handle), daemon=True,
-                         name=f"wait-{job.job_id}").start()
+        self._reaper.track(pid, handle, time.monotonic() + self.launch_timeout_s)
         return handle
-
-    def _watch(self, proc: subprocess.Popen, handle: Handle) -> None:
-        """Verify the launch, then wait for the exit; both off the caller's thread.
-
-        Waiting for `started` inside submit() would serialise every launch behind a shell start.
-        A wrapper that never writes `started` within the bound is killed, and the attempt then
-        reads as lost (no exit file), which the retry policy handles like any lost job.
-        """
-        started = Path(handle.job_dir) / "started"
-        deadline = time.monotonic() + self.launch_timeout_s
-        while not started.exists() and proc.poll() is None:
-            if time.monotonic() > deadline:
-                procs.terminate_group(proc.pid, 1.0)
-                break
-            time.sleep(0.002)
-        proc.wait()
-        if self.on_exit is not None:
-            self.on_exit(handle)
 
     def adopt(self, job: JobSpec, slot: Slot | None = None, grace_s: float = 2.0) -> Handle | None:
         """Find an attempt whose launch was not recorded (the daemon died mid-launch).

@@ -14,7 +14,8 @@ fi
 set -u
 job_dir=$1 log=$2 workdir=$3 gpu=$4 conda_hook=$5 conda_env=$6 cmd=$7
 
-mkdir -p "$job_dir" "${log%/*}" || exit 96
+# the local backend and the ssh launch script create both already; mkdir is a process, so test first
+{ [ -d "$job_dir" ] && [ -d "${log%/*}" ]; } || mkdir -p "$job_dir" "${log%/*}" || exit 96
 now() {
     if [ -n "${EPOCHREALTIME:-}" ]; then printf '%s' "$EPOCHREALTIME"; else date +%s.%N 2>/dev/null || date +%s; fi
 }

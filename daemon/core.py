@@ -281,7 +281,7 @@ class Core:
         self.post(hookflow.HookDone(project.key, req, result))
 
     def _free_slots(self, project: Project) -> list[str]:
-        if project.launch_allowed() is None or not any(j.state is J.PENDING for j in project.jobs.values()):
+        if project.launch_allowed() is None or not project.by_state[J.PENDING]:
             return []
         try:
             return [s.key for s in project.backend.slots()]
@@ -356,7 +356,8 @@ class Core:
                 self.watcher.ignore_next(tracker, sha)
             # what we wrote may carry a person's edit made just before (the writer re-applies
             # our cells on their text), so it is read back like any other change
-            self.post(ev.FileChanged(project.path, tracker, sha))
+            if project.person_edited:
+                self.post(ev.FileChanged(project.path, tracker, sha))
         self._safe(project, lambda: outputs.write_queue_state(project))
         with self.store.transaction():
             project.flush()

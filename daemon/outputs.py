@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
@@ -112,8 +113,15 @@ def sync_tracker(project: Project) -> str | None:
         return None
     _version_once(project, path)
     before = path.read_bytes()
+    # a person edited the file since our last write if it is not what we left there
+    project.person_edited = sha256(before).hexdigest() != project.tracker_sha
     result, sha = update_tracker(path, edits)
     wrote = result.text.encode("utf-8") != before
+    if not project.person_edited and wrote:  # a save that landed between our read and our rename
+        from handlers.tracker_write import apply_edits
+        expected = apply_edits(before.decode("utf-8", "surrogateescape"), edits, str(path)).text
+        project.person_edited = expected != result.text
+    project.tracker_sha = sha
     from daemon.upkeep import notify
     for e in result.applied:
         if e.status in ("DONE", "FAILED", "STUCK"):
@@ -136,8 +144,6 @@ def sync_tracker(project: Project) -> str | None:
 
 def queue_state_doc(project: Project) -> dict[str, Any]:
     """queue_state.json in the ARIS schema, so the ARIS jq one-liner keeps working."""
-    from dataclasses import asdict
-
     from backends.base import Handle
     from handlers.queue_state import render_queue_state
 
@@ -145,7 +151,10 @@ def queue_state_doc(project: Project) -> dict[str, Any]:
     jobs = sorted(project.jobs.values(), key=lambda j: j.order)
     rows = []
     for j in jobs:
-        row = asdict(j)
+        # the fields render_job reads; asdict() would deep-copy every spec on every write
+        row = {"job_id": j.job_id, "phase": j.phase, "cmd": j.cmd, "spec": j.spec, "attempt": j.attempt,
+               "class_attempts": j.class_attempts, "started_at": j.started_at, "ended_at": j.ended_at,
+               "reason": j.reason, "run_id": j.run_id}
         row.update(state=j.state.value, gpu=_gpu(j.slot),
                    failure_class=_last_failure(j), session=Handle.from_json(j.handle).ref if j.handle else None,
                    blocked_by=j.reason.removeprefix("blocked by ") if j.state is J.BLOCKED else None)

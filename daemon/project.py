@@ -43,6 +43,10 @@ class Project:
         self.key = str(self.path)
         self.settings, self.backend, self.store, self.clock = settings, backend, store, clock
         self.jobs: dict[str, Job] = {j.job_id: j for j in store.jobs(self.key)}
+        # job ids by state, so the hot path asks "any pending?" without a scan of every job
+        self.by_state: dict[JobState, set[str]] = {s: set() for s in JobState}
+        for j in self.jobs.values():
+            self.by_state[j.state].add(j.job_id)
         self.plan: PlanRecord | None = store.plan(self.key)
         self.inputs: Inputs | None = None
         self.events: list[Event] = []
@@ -54,6 +58,8 @@ class Project:
         self.pending_switch: str | None = None  # a plan-switch word to write into the tracker
         self.fetched: set[tuple[str, int]] = set()  # remote attempts whose outputs came back
         self.budget_stop = False  # the ledger says no new launches (hard GPU-hour budget)
+        self.tracker_sha: str | None = None  # the tracker as our last write left it
+        self.person_edited = True  # until we know better, a write is read back
 
     # -- state changes: the only two entry points ----------------------------------------------
     def set_job(self, job: Job, dst: JobState, **changes: Any) -> Job:
@@ -63,6 +69,10 @@ class Project:
         return new
 
     def _keep(self, job: Job) -> None:
+        old = self.jobs.get(job.job_id)
+        if old is not None:
+            self.by_state[old.state].discard(job.job_id)
+        self.by_state[job.state].add(job.job_id)
         self.jobs[job.job_id] = job
         self.changed[job.job_id] = job
         if job.run_id:
@@ -293,8 +303,8 @@ class Project:
         allowed = active is not None and not self.budget_stop
         view = View(list(self.jobs.values()), free_slots if allowed else [], self.clock(),
                     inputs.milestones if inputs else (), active or None, self.cap(), not_ready,
-                    frozenset(j.slot for j in self.jobs.values() if j.state is J.PAUSED and j.slot
-                              and j.prev_state is J.RUNNING))
+                    frozenset(j.slot for j in (self.jobs[i] for i in self.by_state[J.PAUSED])
+                              if j.slot and j.prev_state is J.RUNNING))
         work: list[tuple[JobSpec, Slot]] = []
         for action in decide(view):
             job = self.jobs[action.job_id]

@@ -5,6 +5,8 @@ it recognise our own write. Bytes round-trip exactly (surrogateescape), mode and
 """
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
 import os
 import tempfile
@@ -15,6 +17,55 @@ TMP_PREFIX = ".expbridge-tmp-"
 
 def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: str, b: str) -> bool:
+    """renameat2(RENAME_EXCHANGE): swap two names atomically. False where unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV, errno.ENOENT):
+        return False
+    raise OSError(err, os.strerror(err), b)
+
+
+def swap_in(path: Path, text: str) -> tuple[str, str | None]:
+    """Put `text` at `path` and hand back exactly what it replaced, with no gap between the
+    two: a save a person made a moment before our write comes back to us instead of being lost.
+    Returns (sha256 of our text, the replaced text; None where exchange is unsupported, after a
+    plain atomic write)."""
+    path = Path(path)
+    if path.is_symlink():
+        path = path.resolve()
+    data = text.encode("utf-8", "surrogateescape")
+    st = path.stat()
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fchmod(f.fileno(), st.st_mode & 0o7777)
+            _keep_owner(f.fileno(), st)
+            os.fsync(f.fileno())
+        if not _exchange(tmp, str(path)):
+            os.replace(tmp, path)
+            _fsync_dir(path.parent)
+            return hashlib.sha256(data).hexdigest(), None
+        replaced = Path(tmp).read_bytes().decode("utf-8", "surrogateescape")
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+    return hashlib.sha256(data).hexdigest(), replaced
 
 
 def write_atomic(path: Path, text: str) -> str:

@@ -20,7 +20,7 @@ from handlers.tracker import (EB_MARKER, PLAN_SWITCH_WORDS, SWITCH_RE, Columns, 
                               RawTable, Row, Tracker, bare, front_matter_end, header_keys,
                               make_row, masked_lines, md_trim, norm_header, parse_tracker,
                               run_tables, split_lines, split_row, strip_separator)
-from handlers.tracker_file import TMP_PREFIX, read_text, sha256_text, write_atomic
+from handlers.tracker_file import TMP_PREFIX, read_text, sha256_text, swap_in, write_atomic
 
 _WS = " \t"
 __all__ = ["CellEdit", "EditResult", "apply_edits", "append_rows", "set_plan_switch", "write_atomic",
@@ -385,18 +385,20 @@ def update_plan_switch(path: Path, word: str) -> str:
 
 
 def update_tracker(path: Path, edits: Sequence[CellEdit]) -> tuple[EditResult, str]:
-    """Read, edit, read again, write. If a person saved in between, redo the edit on their text;
-    if the file keeps changing, write nothing and report every edit as skipped. No write when
-    nothing changes. Returns (result, sha256 of the file as it now is)."""
+    """Read, edit, write, and check what the write replaced. If a person saved in between, their
+    text comes back from the exchange and our edits are redone on it, so their save survives.
+    If the file keeps changing, their latest text is put back and every edit is reported
+    skipped. No write when nothing changes. Returns (result, sha256 of the file as it now is)."""
     path = Path(path)
     text = read_text(path)
-    for _ in range(5):
+    for _ in range(8):
         result = apply_edits(text, edits, str(path))
         if result.text == text:
             return result, sha256_text(text)
-        now = read_text(path)
-        if now == text:
-            return result, write_atomic(path, result.text)
-        text = now
+        sha, replaced = swap_in(path, result.text)
+        if replaced is None or replaced == text:
+            return result, sha
+        text = replaced  # a person's save landed first: build on it
+    sha, _ = swap_in(path, text)
     busy = f"{path}: the file kept changing while we wrote it; nothing written, will retry"
-    return EditResult(text, [], [(edit, busy) for edit in edits]), sha256_text(text)
+    return EditResult(text, [], [(edit, busy) for edit in edits]), sha
