@@ -59,12 +59,12 @@ def swap_in(path: Path, text: str) -> tuple[str, str | None]:
             os.fsync(f.fileno())
         if not _exchange(tmp, str(path)):
             os.replace(tmp, path)
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
             return hashlib.sha256(data).hexdigest(), None
         replaced = Path(tmp).read_bytes().decode("utf-8", "surrogateescape")
     finally:
         Path(tmp).unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return hashlib.sha256(data).hexdigest(), replaced
 
 
@@ -92,7 +92,7 @@ def write_atomic(path: Path, text: str) -> str:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return hashlib.sha256(data).hexdigest()
 
 
@@ -104,7 +104,7 @@ def _keep_owner(fd: int, st: os.stat_result) -> None:
             pass  # not root: the file stays ours, as it would after any editor's save
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -13,6 +13,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Sequence
 
+from handlers.tracker_file import fsync_dir, write_atomic
+
 TMP_PREFIX = ".expbridge-tmp-"  # the watcher ignores these names
 VERSIONED_RE = re.compile(r".*_\d{8}_\d{6}(?:_\d+)?\.[^.]+$")
 MANIFEST_HEADER = (
@@ -57,7 +59,7 @@ def version_file(path: Path, now: datetime) -> Path | None:
             continue  # another writer took the name between the check and the link
         finally:
             tmp.unlink(missing_ok=True)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         return target
 
 
@@ -95,24 +97,10 @@ def _write_temp(directory: Path, name: str, data: bytes, mode: int | None) -> Pa
     return tmp
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def atomic_write(path: Path, text: str) -> None:
     """Temp file in the same directory, fsync, rename: readers see the old or the new file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _write_temp(path.parent, path.name, text.encode("utf-8"), _mode_of(path))
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    write_atomic(path, text)
 
 
 def append_text(path: Path, text: str, unless_contains: str | None = None) -> bool:
