@@ -3,7 +3,6 @@ drive the same Core; tracker verbs edit the Status cell, the one control path pe
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sys
 import time

@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from backends.base import Handle, JobSpec, RunStatus, Slot
+from backends.base import Handle, JobSpec, Slot
 from daemon import events as ev
 from daemon import hookflow, outputs, steer, upkeep
 from daemon.errors import BackendError, ExpbridgeError

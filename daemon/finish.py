@@ -4,7 +4,6 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 from datetime import datetime
-from pathlib import Path
 
 from daemon.model import Job
 from daemon.outputs import queue_state_doc, run_groups

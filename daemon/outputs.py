@@ -5,7 +5,6 @@ expectation, so a cell a person changed since is theirs and is left alone.
 """
 from __future__ import annotations
 
-import json
 import time
 from hashlib import sha256
 from pathlib import Path

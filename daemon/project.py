@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 from backends.base import Handle, JobSpec, RunStatus, Slot
-from daemon import pipeline
 from daemon.decide import Block, Launch, Policy, Requeue, Unblock, View, after_attempt, decide
 from daemon.model import (ACTIVE, FAILURE_CLASSES, Event, Job, JobState, PlanRecord, PlanState,
                           advance_job, advance_plan)
