@@ -199,8 +199,7 @@ class Core:
             self._write_files(project)
             waiter = self.waiters.get(project.key)
             if waiter is not None:
-                waiter.publish([Handle.from_json(j.handle) for j in project.jobs.values()
-                                if j.state in ACTIVE and j.handle])
+                waiter.publish([Handle.from_json(j.handle) for j in project.active_jobs(*ACTIVE) if j.handle])
 
     def _handle(self, event: Any, cancels: list[tuple[Project, Handle]]) -> None:
         if isinstance(event, ev.Stop):
@@ -281,7 +280,7 @@ class Core:
         self.post(hookflow.HookDone(project.key, req, result))
 
     def _free_slots(self, project: Project) -> list[str]:
-        if project.launch_allowed() is None or not project.by_state[J.PENDING]:
+        if project.launch_allowed() is None or not project.index.by_state[J.PENDING]:
             return []
         try:
             return [s.key for s in project.backend.slots()]
@@ -295,9 +294,10 @@ class Core:
         except ImportError:
             return {}
         out: dict[str, str] = {}
-        for job in project.jobs.values():
+        for jid in project.with_preconditions & project.index.by_state[J.PENDING]:
+            job = project.jobs[jid]
             pre = job.spec.get("preconditions")
-            if job.state is J.PENDING and pre:
+            if pre:
                 reasons = unmet_preconditions_for(job, pre, Precondition, unmet_preconditions)
                 if reasons:
                     out[job.job_id] = "; ".join(reasons)
@@ -320,8 +320,7 @@ class Core:
             self.pool.submit(go)
 
     def _poll(self, project: Project) -> None:
-        active = {j.job_id: (j.attempt, Handle.from_json(j.handle)) for j in project.jobs.values()
-                  if j.state in (*ACTIVE, J.PAUSED) and j.handle}
+        active = {j.job_id: (j.attempt, Handle.from_json(j.handle)) for j in project.active_jobs() if j.handle}
         if not active:
             return
         def go() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
+from daemon.index import JobIndex
 from daemon.model import ACTIVE, FAILURE_CLASSES, Job, JobState
 
 J = JobState
@@ -48,7 +49,8 @@ Action = Launch | Requeue | Block | Unblock
 
 @dataclass(frozen=True)
 class View:
-    jobs: Sequence[Job]  # one project's jobs, in plan order
+    jobs: Mapping[str, Job]  # one project's jobs by id
+    index: JobIndex  # the same jobs by state, phase, milestone; pending in plan order
     free_slots: Sequence[str]  # slot keys the backend reports free right now
     now: float
     milestones: Sequence[str] = ()  # in deploy order
@@ -59,66 +61,90 @@ class View:
 
 
 def decide(view: View) -> list[Action]:
-    actions: list[Action] = []
-    by_phase = _by_phase(view.jobs)
-    for job in view.jobs:
-        if job.state is J.RETRY_WAIT and (job.next_attempt_at or 0) <= view.now:
-            actions.append(Requeue(job.job_id))
-        elif job.state in (J.PENDING, J.BLOCKED):
-            culprit = _bad_prerequisite(job, by_phase)
-            if culprit and job.state is J.PENDING:
-                actions.append(Block(job.job_id, f"blocked by {culprit}"))
-            elif not culprit and job.state is J.BLOCKED:
-                actions.append(Unblock(job.job_id))
-    actions.extend(_launches(view, by_phase, {a.job_id for a in actions}))
+    """Retries that are due, dependents to block or unblock, and launches on free slots.
+
+    Only the jobs that can move are looked at (waiting retries, blocked jobs, pending jobs in
+    plan order until the slots are used up), so the cost does not grow with the queue.
+    """
+    idx = view.index
+    actions: list[Action] = [Requeue(i) for i in sorted(idx.by_state[J.RETRY_WAIT])
+                             if (view.jobs[i].next_attempt_at or 0) <= view.now]
+    bad = _bad_phases(view)
+    actions += _blocks(view, bad)
+    for jid in sorted(idx.by_state[J.BLOCKED]):
+        job = view.jobs[jid]
+        if job.reason.startswith("blocked by ") and not _culprit(job, bad):
+            actions.append(Unblock(jid))
+    actions += _launches(view, {a.job_id for a in actions})
     return actions
 
 
-def _by_phase(jobs: Sequence[Job]) -> dict[str, list[Job]]:
-    out: dict[str, list[Job]] = {}
-    for job in jobs:
-        out.setdefault(job.phase, []).append(job)
+def _deps(job: Job) -> Sequence[str]:
+    return job.spec.get("depends_on", ()) or ()
+
+
+def _bad_phases(view: View) -> dict[str, str]:
+    """Phases holding a failed, stuck, skipped or blocked job, with one culprit to name."""
+    out: dict[str, str] = {}
+    for (kind, phase), counts in view.index.counts.items():
+        if kind != "p" or not any(counts[s] for s in BAD_FINAL):
+            continue
+        members = view.index.members[(kind, phase)]
+        culprits = sorted(i for s in BAD_FINAL for i in view.index.by_state[s] & members)
+        job = view.jobs[culprits[0]]
+        out[str(phase)] = job.run_id or job.job_id
     return out
 
 
-def _prereqs(job: Job, by_phase: Mapping[str, list[Job]]) -> list[Job]:
-    return [p for phase in job.spec.get("depends_on", ()) for p in by_phase.get(phase, ())]
+def _culprit(job: Job, bad: Mapping[str, str]) -> str | None:
+    return next((bad[d] for d in _deps(job) if d in bad), None)
 
 
-def _bad_prerequisite(job: Job, by_phase: Mapping[str, list[Job]]) -> str | None:
-    for pre in _prereqs(job, by_phase):
-        if pre.state in BAD_FINAL:
-            return pre.run_id or pre.job_id
-    return None
+def _blocks(view: View, bad: Mapping[str, str]) -> list[Block]:
+    if not bad:
+        return []
+    out: list[Block] = []
+    idx = view.index
+    for (kind, phase), counts in list(idx.counts.items()):
+        if kind != "p" or not counts[J.PENDING]:
+            continue
+        members = idx.members[(kind, phase)]
+        sample = view.jobs[next(iter(members))]
+        culprit = _culprit(sample, bad)
+        if culprit:
+            out += [Block(i, f"blocked by {culprit}") for i in sorted(members & idx.by_state[J.PENDING])]
+    return out
 
 
-def _ready(job: Job, view: View, by_phase: Mapping[str, list[Job]], rank: Mapping[str, int]) -> bool:
+def _ready(job: Job, view: View, rank: Mapping[str, int]) -> bool:
     if job.job_id in view.not_ready:
         return False
     if view.active_milestone is not None and job.milestone in rank:
         if rank[job.milestone] > rank.get(view.active_milestone, len(rank)):
             return False
-    return all(p.state is J.SUCCEEDED for p in _prereqs(job, by_phase))
+    return all(view.index.phase_all_succeeded(d) for d in _deps(job))
 
 
-def _launches(view: View, by_phase: Mapping[str, list[Job]], touched: set[str]) -> list[Launch]:
-    busy = {j.slot for j in view.jobs if j.state in HOLDS_SLOT and j.slot} | set(view.held_slots)
+def _launches(view: View, touched: set[str]) -> list[Launch]:
+    idx = view.index
+    holding = idx.by_state[J.LAUNCHING] | idx.by_state[J.RUNNING]
+    busy = {view.jobs[i].slot for i in holding} | set(view.held_slots)
     free = [s for s in view.free_slots if s not in busy]
     rank = {m: i for i, m in enumerate(view.milestones)}
     active: dict[str | None, int] = {}
-    for j in view.jobs:
-        if j.state in ACTIVE:
-            active[j.milestone] = active.get(j.milestone, 0) + 1
     out: list[Launch] = []
-    for job in view.jobs:
+    for _, jid in idx.pending:
         if not free:
             break
-        if job.state is not J.PENDING or job.job_id in touched:
+        job = view.jobs[jid]
+        if jid in touched:
             continue
-        if active.get(job.milestone, 0) >= view.cap or not _ready(job, view, by_phase, rank):
+        if job.milestone not in active:
+            active[job.milestone] = idx.count("m", job.milestone, ACTIVE)
+        if active[job.milestone] >= view.cap or not _ready(job, view, rank):
             continue
-        out.append(Launch(job.job_id, free.pop(0)))
-        active[job.milestone] = active.get(job.milestone, 0) + 1
+        out.append(Launch(jid, free.pop(0)))
+        active[job.milestone] += 1
     return out
 
 

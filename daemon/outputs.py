@@ -12,19 +12,16 @@ from typing import Any
 
 from daemon.model import Job, JobState
 from daemon.project import Project
-from daemon.runs import run_notes, run_status
+from daemon.runs import run_notes, run_status, status_of_states
 from handlers.parse import REFINE, TRACKER
 
 J = JobState
 NO_COMMAND = "no command"
 
 
-def run_groups(project: Project) -> dict[str, list[Job]]:
-    groups: dict[str, list[Job]] = {}
-    for job in project.jobs.values():
-        if job.run_id:
-            groups.setdefault(job.run_id, []).append(job)
-    return groups
+def run_groups(project: Project, only: set[str] | None = None) -> dict[str, list[Job]]:
+    runs = {j.run_id for j in project.jobs.values() if j.run_id} if only is None else only
+    return {r: js for r in runs if (js := project.run_jobs(r))}
 
 
 def metrics_text(project: Project, jobs: list[Job]) -> str:
@@ -32,15 +29,28 @@ def metrics_text(project: Project, jobs: list[Job]) -> str:
     return notes_text(run_metrics(jobs))
 
 
+def _relevant(project: Project, ids: set[str]) -> list[Job]:
+    """The jobs of a big run its Status and Notes can depend on: every job that is not pending
+    or succeeded, and one of each of those (so the status still sees them)."""
+    out: list[Job] = []
+    for state, members in project.index.by_state.items():
+        hit = ids & members
+        if state in (J.PENDING, J.SUCCEEDED):
+            hit = set(sorted(hit)[:1])
+        out += [project.jobs[i] for i in hit]
+    return out
+
+
 def tracker_edits(project: Project) -> list[Any]:
     from handlers.tracker_write import CellEdit
 
     cells = project.store.cells(project.key)
-    groups = run_groups(project)
+    idx = project.index
     edits = []
     no_command = set(project.plan.data.get("no_command", [])) if project.plan else set()
     for run_id in sorted(project.dirty_runs):
-        jobs = groups.get(run_id, [])
+        ids = idx.ids("r", run_id)
+        jobs = [project.jobs[i] for i in sorted(ids)] if len(ids) <= 64 else _relevant(project, ids)
         if not jobs and run_id in no_command:
             last_status, last_notes = cells.get(run_id, (None, None))
             if (last_status, last_notes) != ("BLOCKED", NO_COMMAND):
@@ -50,7 +60,10 @@ def tracker_edits(project: Project) -> list[Any]:
         if not jobs:
             continue
         external = any(j.spec.get("external") for j in jobs)
-        status = run_status(jobs)
+        counts = idx.counts.get(("r", run_id))
+        status = status_of_states(s for s, n in counts.items() if n > 0) if counts else run_status(jobs)
+        if status == "DONE" and len(jobs) < len(ids):
+            jobs = [project.jobs[i] for i in sorted(ids)]
         notes = run_notes(jobs, status, metrics_text(project, jobs) if status == "DONE" else "")
         if any(j.spec.get("overtime") for j in jobs):
             notes += "; OVERTIME (past 2x estimate)"

@@ -7,8 +7,9 @@ done moves on in the same step.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
+from daemon.index import JobIndex
 from daemon.model import Job, JobState, PlanState
 
 J, P = JobState, PlanState
@@ -31,11 +32,16 @@ class Flow:
     approved: bool = False
 
 
-def jobs_of(milestone: str | None, jobs: Sequence[Job], flow: Flow) -> list[Job]:
-    """A milestone's jobs; jobs that name no known milestone belong to the last one."""
-    last = flow.milestones[-1] if flow.milestones else None
-    return [j for j in jobs if j.milestone == milestone
-            or (milestone == last and j.milestone not in flow.milestones)]
+def _keys(milestone: str | None, idx: JobIndex, flow: Flow) -> list[str | None]:
+    """A milestone's index keys; jobs that name no known milestone belong to the last one."""
+    keys = [milestone]
+    if flow.milestones and milestone == flow.milestones[-1]:
+        keys += [m for m in idx.milestones() if m not in flow.milestones]
+    return keys
+
+
+def jobs_of(milestone: str | None, idx: JobIndex, jobs: Mapping[str, Job], flow: Flow) -> list[Job]:
+    return [jobs[i] for k in _keys(milestone, idx, flow) for i in sorted(idx.ids("m", k))]
 
 
 def after_parse(flow: Flow) -> Move:
@@ -59,20 +65,28 @@ def next_milestone(current: str | None, flow: Flow) -> Move:
     return Move(P.DEPLOYING, order[0])
 
 
-def milestone_failures(milestone: str | None, jobs: Sequence[Job], flow: Flow) -> list[Job]:
-    return [j for j in jobs_of(milestone, jobs, flow) if j.must and j.state in BAD]
+def milestone_failures(milestone: str | None, idx: JobIndex, jobs: Mapping[str, Job], flow: Flow) -> list[Job]:
+    bad = set().union(*(idx.by_state[st] for st in BAD))
+    ids = sorted(i for k in _keys(milestone, idx, flow) for i in idx.ids("m", k) & bad)
+    return [jobs[i] for i in ids if jobs[i].must]
 
 
-def milestone_done(milestone: str | None, jobs: Sequence[Job], flow: Flow) -> bool:
-    return all(j.final or j.state is J.BLOCKED or j.spec.get("overtime") for j in jobs_of(milestone, jobs, flow))
+def milestone_done(milestone: str | None, idx: JobIndex, jobs: Mapping[str, Job], flow: Flow) -> bool:
+    """Every job final or blocked; an OVERTIME job still running no longer holds it (F87)."""
+    for key in _keys(milestone, idx, flow):
+        still_open = idx.open_count("m", key)
+        if still_open and still_open > sum(1 for i in idx.ids("m", key) & idx.by_state[J.RUNNING]
+                                           if jobs[i].spec.get("overtime")):
+            return False
+    return True
 
 
-def step(state: PlanState, milestone: str | None, jobs: Sequence[Job], flow: Flow) -> Move | None:
+def step(state: PlanState, milestone: str | None, idx: JobIndex, jobs: Mapping[str, Job], flow: Flow) -> Move | None:
     """The move out of a working phase once its jobs allow it; None means stay."""
     if state is P.SANITY or state is P.DEPLOYING:
-        if not milestone_done(milestone, jobs, flow):
+        if not milestone_done(milestone, idx, jobs, flow):
             return None
-        bad = milestone_failures(milestone, jobs, flow)
+        bad = milestone_failures(milestone, idx, jobs, flow)
         if bad:
             what = ", ".join(f"{j.run_id or j.job_id} {j.state.value}" for j in bad[:3])
             kind = "sanity" if state is P.SANITY else f"milestone {milestone}"
@@ -81,6 +95,6 @@ def step(state: PlanState, milestone: str | None, jobs: Sequence[Job], flow: Flo
     return None
 
 
-def unblocked(milestone: str | None, jobs: Sequence[Job], flow: Flow) -> bool:
+def unblocked(milestone: str | None, idx: JobIndex, jobs: Mapping[str, Job], flow: Flow) -> bool:
     """A plan blocked on a milestone resumes once a person has requeued its failed work."""
-    return not milestone_done(milestone, jobs, flow)
+    return not milestone_done(milestone, idx, jobs, flow)

@@ -17,6 +17,7 @@ from backends.base import Handle, JobSpec, RunStatus, Slot
 from daemon.decide import Block, Launch, Policy, Requeue, Unblock, View, after_attempt, decide
 from daemon.model import (ACTIVE, FAILURE_CLASSES, Event, Job, JobState, PlanRecord, PlanState,
                           advance_job, advance_plan)
+from daemon.index import JobIndex
 from daemon.store import Store
 from handlers.parse import Inputs, JobInput, load_inputs
 
@@ -42,10 +43,8 @@ class Project:
         self.key = str(self.path)
         self.settings, self.backend, self.store, self.clock = settings, backend, store, clock
         self.jobs: dict[str, Job] = {j.job_id: j for j in store.jobs(self.key)}
-        # job ids by state, so the hot path asks "any pending?" without a scan of every job
-        self.by_state: dict[JobState, set[str]] = {s: set() for s in JobState}
-        for j in self.jobs.values():
-            self.by_state[j.state].add(j.job_id)
+        self.index = JobIndex(self.jobs.values())  # the hot path never scans every job
+        self.with_preconditions = {j.job_id for j in self.jobs.values() if j.spec.get("preconditions")}
         self.plan: PlanRecord | None = store.plan(self.key)
         self.inputs: Inputs | None = None
         self.events: list[Event] = []
@@ -68,11 +67,10 @@ class Project:
         return new
 
     def _keep(self, job: Job) -> None:
-        old = self.jobs.get(job.job_id)
-        if old is not None:
-            self.by_state[old.state].discard(job.job_id)
-        self.by_state[job.state].add(job.job_id)
+        self.index.update(self.jobs.get(job.job_id), job)
         self.jobs[job.job_id] = job
+        if job.spec.get("preconditions"):
+            self.with_preconditions.add(job.job_id)
         self.changed[job.job_id] = job
         if job.run_id:
             self.dirty_runs.add(job.run_id)
@@ -270,10 +268,18 @@ class Project:
             out["oom"] = Policy(*self.inputs.oom_retry)
         return out
 
+    def active_jobs(self, *states: JobState) -> list[Job]:
+        """Jobs in the given states (default: launching, running, paused) via the index."""
+        ids = set().union(*(self.index.by_state[s] for s in (states or (*ACTIVE, J.PAUSED))))
+        return [self.jobs[i] for i in sorted(ids)]
+
+    def run_jobs(self, run_id: str) -> list[Job]:
+        return [self.jobs[i] for i in sorted(self.index.ids("r", run_id))]
+
     def flag_overtime(self, now: float) -> None:
         """A job past twice its estimate is flagged (F87): it keeps running, but it no longer
         holds back the next milestone."""
-        for job in list(self.jobs.values()):
+        for job in self.active_jobs(J.RUNNING):
             est = job.spec.get("est_hours") or self._milestone_share(job)
             if (job.state is J.RUNNING and est and job.started_at and not job.spec.get("overtime")
                     and now - job.started_at > 2 * est * 3600):
@@ -284,7 +290,7 @@ class Project:
         """Without a per-job estimate: the milestone's cost divided by its runs."""
         costs = self.inputs.milestone_costs if self.inputs else {}
         cost = costs.get(job.milestone or "")
-        runs = {j.run_id for j in self.jobs.values() if j.milestone == job.milestone}
+        runs = {self.jobs[i].run_id for i in self.index.ids("m", job.milestone)}
         return cost / max(1, len(runs)) if cost else None
 
     # -- scheduling ------------------------------------------------------------------------------
@@ -300,9 +306,9 @@ class Project:
         active = self.launch_allowed()
         inputs = self.inputs
         allowed = active is not None and not self.budget_stop
-        view = View(list(self.jobs.values()), free_slots if allowed else [], self.clock(),
+        view = View(self.jobs, self.index, free_slots if allowed else [], self.clock(),
                     inputs.milestones if inputs else (), active or None, self.cap(), not_ready,
-                    frozenset(j.slot for j in (self.jobs[i] for i in self.by_state[J.PAUSED])
+                    frozenset(j.slot for j in (self.jobs[i] for i in self.index.by_state[J.PAUSED])
                               if j.slot and j.prev_state is J.RUNNING))
         work: list[tuple[JobSpec, Slot]] = []
         for action in decide(view):

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from typing import Iterable, Sequence
 
 from daemon.model import Job, JobState
 
@@ -19,11 +19,18 @@ PRECEDENCE = ("PAUSED", "RUNNING", "QUEUED", "STUCK", "FAILED", "BLOCKED", "SKIP
 def run_status(jobs: Sequence[Job]) -> str:
     """The first of PAUSED, RUNNING, QUEUED, STUCK, FAILED, BLOCKED, SKIPPED any job has; DONE
     only when every job succeeded (success already includes its declared outputs)."""
-    present = {TRACKER_STATUS[j.state] for j in jobs}
+    return status_of_states({j.state for j in jobs}) if jobs else "QUEUED"
+
+
+def status_of_states(states: Iterable[JobState]) -> str:
+    """run_status from the set of states a run's jobs are in (what the job index counts)."""
+    present = {TRACKER_STATUS[s] for s in states}
+    if not present:
+        return "QUEUED"
     for status in PRECEDENCE:
         if status in present:
             return status
-    return "DONE" if jobs else "QUEUED"
+    return "DONE"
 
 
 def _clock(ts: float) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 
 from backends.base import Handle
 from daemon import hookflow, pipeline, upkeep
-from daemon.model import ACTIVE, FINAL, Job, JobState, PlanState
+from daemon.model import FINAL, Job, JobState, PlanState
 from daemon.project import Project
 
 J, P = JobState, PlanState
@@ -19,7 +19,7 @@ HOLD = (J.PENDING, J.LAUNCHING, J.RUNNING, J.RETRY_WAIT, J.BLOCKED)
 
 
 def run_jobs(project: Project, run_id: str) -> list[Job]:
-    return [j for j in project.jobs.values() if j.run_id == run_id or (j.run_id is None and j.job_id == run_id)]
+    return project.run_jobs(run_id)
 
 
 def pause(project: Project, run_id: str, cancels: list[Handle]) -> int:
@@ -108,7 +108,7 @@ def drive(project: Project, finish: Any) -> None:
         if plan is None or project.inputs is None:
             return
         if plan.state is P.FINISHING:  # entered from a hook's outcome rather than a move here
-            if any(j.state in ACTIVE for j in project.jobs.values()):
+            if project.index.by_state[J.RUNNING] or project.index.by_state[J.LAUNCHING]:
                 return
             if hookflow.audit_pending(project):
                 return
@@ -145,7 +145,7 @@ def gate_failure(project: Project, milestone: str | None, jobs: list[Any], flow:
     assert project.plan is not None
     if milestone in project.plan.data.get("gates_approved", []):
         return None
-    mine = pipeline.jobs_of(milestone, jobs, flow)
+    mine = pipeline.jobs_of(milestone, project.index, project.jobs, flow)
     gates = {str(j.spec["gate"]): j.spec["gate"] for j in mine if j.spec.get("gate")}
     if not gates:
         return None
@@ -185,7 +185,7 @@ def _after_main(project: Project, milestone: str | None, jobs: list[Any], flow: 
     for j in jobs:
         runs.setdefault(j.run_id or j.job_id, []).append(j)
     metrics = {r: run_metrics(js) for r, js in runs.items()}
-    mine = {j.run_id or j.job_id for j in pipeline.jobs_of(milestone, jobs, flow)}
+    mine = {j.run_id or j.job_id for j in pipeline.jobs_of(milestone, project.index, project.jobs, flow)}
     verdicts = [v for r in mine if (v := verdict(metrics[r], metrics)) is not None]
     outcome = milestone_verdict(verdicts)
     if outcome != "positive":
@@ -215,7 +215,7 @@ def checkpoint(project: Project) -> None:
 
 def _move(project: Project, state: PlanState, milestone: str | None) -> pipeline.Move | None:
     flow = flow_of(project)
-    jobs = list(project.jobs.values())
+    idx, jobs = project.index, project.jobs
     assert project.plan is not None
     hooks_done = bool(project.plan.data.get("hooks_done"))
     if state is P.PARSING:
@@ -231,23 +231,23 @@ def _move(project: Project, state: PlanState, milestone: str | None) -> pipeline
     if state is P.AWAITING_APPROVAL:
         return pipeline.first_work(flow) if flow.approved else None
     if state in (P.SANITY, P.DEPLOYING):
-        move = pipeline.step(state, milestone, jobs, flow)
-        if move is not None and move.dst is P.FINISHING and any(j.state in ACTIVE for j in jobs):
+        move = pipeline.step(state, milestone, idx, jobs, flow)
+        if move is not None and move.dst is P.FINISHING and (idx.by_state[J.RUNNING] or idx.by_state[J.LAUNCHING]):
             return None  # an overtime job may still be running: results wait for it
         if move is not None and move.dst is not P.BLOCKED:
-            failed_gate = gate_failure(project, milestone, jobs, flow)
+            failed_gate = gate_failure(project, milestone, list(jobs.values()), flow)
             if failed_gate:
                 return pipeline.Move(P.BLOCKED, milestone, f"decision gate {milestone}: {failed_gate}")
             if state is P.DEPLOYING and _is_main(project, milestone):
-                return _after_main(project, milestone, jobs, flow) or move
+                return _after_main(project, milestone, list(jobs.values()), flow) or move
         if state is P.SANITY and move is not None and move.dst is P.BLOCKED:
-            failed = pipeline.milestone_failures(milestone, jobs, flow)
+            failed = pipeline.milestone_failures(milestone, idx, jobs, flow)
             if hookflow.sanity_failed(project, milestone, failed):
                 return None
             attempts = int(project.plan.data.get("sanity_attempt", 1))
             return pipeline.Move(P.BLOCKED, milestone, f"{move.reason} (after {attempts} attempt(s))")
         if state is P.DEPLOYING and move is not None and move.dst is P.BLOCKED:
-            if hookflow.deploy_failed(project, milestone, pipeline.milestone_failures(milestone, jobs, flow)):
+            if hookflow.deploy_failed(project, milestone, pipeline.milestone_failures(milestone, idx, jobs, flow)):
                 return None
         return move
     if state is P.BLOCKED and project.plan.reason.startswith("decision gate") and milestone in project.plan.data.get("gates_approved", []):
@@ -255,7 +255,7 @@ def _move(project: Project, state: PlanState, milestone: str | None) -> pipeline
     if state is P.BLOCKED and project.plan.reason.startswith("budget:") and not project.budget_stop:
         return pipeline.Move(project.plan.prev_state or P.DEPLOYING, milestone)
     if state is P.BLOCKED and project.plan.prev_state in (P.SANITY, P.DEPLOYING):
-        if project.plan.reason.startswith(("sanity failed", "milestone")) and pipeline.unblocked(milestone, jobs, flow):
+        if project.plan.reason.startswith(("sanity failed", "milestone")) and pipeline.unblocked(milestone, idx, jobs, flow):
             return pipeline.Move(project.plan.prev_state, milestone)
     return None
 

@@ -86,8 +86,8 @@ def training_check(project: Project, now: float, cancels: list[tuple[Project, Ha
     if not wandb_on and not getattr(getattr(settings, "hooks", None), "training_check", None):
         return
     every = float(getattr(settings, "training_check_s", 600))
-    for job in list(project.jobs.values()):
-        if job.state is not J.RUNNING or not job.handle:
+    for job in project.active_jobs(J.RUNNING):
+        if not job.handle:
             continue
         last = float(job.spec.get("checked_at", 0) or 0)
         if now - last < every:

@@ -3,11 +3,18 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from daemon.decide import Block, Launch, Policy, Requeue, Unblock, View, after_attempt, decide
+from daemon.decide import Block, Launch, Policy, Requeue, Unblock, after_attempt, decide
+from daemon.decide import View as _View
+from daemon.index import JobIndex
 from daemon.model import Job, JobState
 
 J = JobState
 POLICIES = {"oom": Policy(120, 3), "lost": Policy(10, 3), "timeout": Policy(0, 1), "failed": Policy(0, 1)}
+
+
+def View(jobs: list[Job], free: list[str], **kw: object) -> _View:  # noqa: N802 (reads like the class)
+    ordered = [Job(**{**j.__dict__, "order": i}) for i, j in enumerate(jobs)]
+    return _View({j.job_id: j for j in ordered}, JobIndex(ordered), free, **kw)  # type: ignore[arg-type]
 
 
 def job(jid: str, state: JobState = J.PENDING, milestone: str = "M1", phase: str = "p",
@@ -33,7 +40,7 @@ def test_dependency_waits_then_blocks_on_failure_and_unblocks_on_retry() -> None
     assert decide(View([pre, dep], ["s:1"], now=0)) == []
     failed = replace(pre, state=J.FAILED)
     assert decide(View([failed, dep], ["s:1"], now=0)) == [Block("b", "blocked by A")]
-    blocked = replace(dep, state=J.BLOCKED)
+    blocked = replace(dep, state=J.BLOCKED, reason="blocked by A")
     assert decide(View([replace(pre, state=J.PENDING), blocked], [], now=0)) == [Unblock("b")]
 
 
@@ -65,3 +72,14 @@ def test_deterministic_failure_is_not_rerun() -> None:
 def test_lost_is_retried_after_its_delay() -> None:
     state, when, _, _ = after_attempt(job("a", J.LOST), J.LOST, POLICIES, now=5.0)
     assert (state, when) == (J.RETRY_WAIT, 15.0)
+
+
+def test_a_row_blocked_for_another_reason_is_not_unblocked() -> None:
+    outside = job("a", J.BLOCKED, reason="running outside expbridge? set TODO to run it here")
+    assert decide(View([outside], ["s:0"], now=0)) == []
+
+
+def test_launch_scan_stops_when_the_slots_are_used_up() -> None:
+    jobs = [job(f"j{i:05d}") for i in range(20000)]
+    actions = decide(View(jobs, ["s:0", "s:1"], now=0, cap=8))
+    assert actions == [Launch("j00000", "s:0"), Launch("j00001", "s:1")]
