@@ -26,19 +26,15 @@ from typing import Any, Callable, Mapping, Sequence
 
 import structlog
 
-from backends import vast_api
+from backends import vast_api, vast_hosts
 from backends.base import Handle, JobSpec, RunStatus, Slot
-from backends.codesync import CodeSync
+from backends.spend import SpendGate
 from backends.ssh import SshBackend
-from backends.sshconn import HostSpec, SshPool
-from backends.sshscripts import home_path
 from backends.vast_offers import Requirement
-from backends.vast_provision import Provisioner, Rented, Timing, classify_ssh_failure
+from backends.vast_provision import Provisioner, Rented, Timing
 from backends.vast_state import InstanceFile, cost_usd, iso, parse_iso
 from daemon.config import BudgetConfig
-from daemon.errors import (ApprovalRequired, BackendError, BackendUnavailable, BudgetRefused,
-                           HostUnreachable, LaunchFailed)
-from handlers.budget import build_ledger, check
+from daemon.errors import BackendError, BackendUnavailable, HostUnreachable, LaunchFailed
 
 log = structlog.get_logger("expbridge.vast")
 RENT_HOST = "vast-new"
@@ -59,7 +55,7 @@ class Instance:
 
     @property
     def alias(self) -> str:
-        return f"vast-{self.instance_id}"
+        return vast_hosts.alias(self.instance_id)
 
 
 class VastBackend:
@@ -79,18 +75,15 @@ class VastBackend:
         self.requirement = requirement or Requirement()
         self.image, self.onstart = image, onstart
         self.auto_destroy, self.destroy_orphans = auto_destroy, destroy_orphans
-        self.max_instances, self.code_dir = max_instances, code_dir
-        self.ssh_key_file, self.remote_base = ssh_key_file, remote_base
-        self.ssh_user = ssh_user  # None: the user in the ssh-url (root on Vast images)
-        self.budget = budget or BudgetConfig()
-        self.approve = approve or (lambda usd: False)
+        self.max_instances = max_instances
+        self.ssh_settings = vast_hosts.SshSettings(self.project_dir, ssh_key_file, ssh_user, code_dir,
+                                                   remote_base, ssh_timeout_s, launch_timeout_s)
+        self.gate = SpendGate("vast", budget, approve)
         self.timing = timing or Timing()
-        self.keep_warm_s, self.ssh_timeout_s, self.launch_timeout_s = keep_warm_s, ssh_timeout_s, launch_timeout_s
+        self.keep_warm_s = keep_warm_s
         self.sleep, self.clock, self.wall = sleep, clock, wall
         self.file = InstanceFile(self.project_dir, wall)
         self.label = f"expbridge-{_slug(self.project_dir.name)}"
-        self.hold: str = ""  # why renting waits (approval, cap); shown in notes
-        self._hold_usd = 0.0
         self._instances: dict[int, Instance] = {}
         self._renting = 0
         self._reconciled = False
@@ -98,15 +91,19 @@ class VastBackend:
 
     # -- capacity -------------------------------------------------------------------------------
     def preflight(self) -> None:
-        """The key is accepted and the API answers (BackendUnavailable otherwise); orphans reported."""
+        """The key is accepted, the API answers and vast-instances.json is readable (else BackendUnavailable).
+
+        Orphans are found by reconcile(), run on the first poll (which carries every live handle).
+        """
         try:
             vast_api.call("show instances", self.api.show_instances)
         except BackendError as exc:
             if isinstance(exc, BackendUnavailable):
                 raise
             raise BackendUnavailable(f"vast backend: {exc}; check vast.server_url and the network") from exc
-        if self.ssh_key_file and not Path(self.ssh_key_file).expanduser().is_file():
-            raise BackendUnavailable(f"vast.ssh_key_file {self.ssh_key_file} does not exist; "
+        key = self.ssh_settings.key_file
+        if key and not Path(key).expanduser().is_file():
+            raise BackendUnavailable(f"vast.ssh_key_file {key} does not exist; "
                                      f"{vast_api.KEY_HELP}")
         self.file.entries()  # a damaged vast-instances.json stops us here, with its line
 
@@ -118,30 +115,32 @@ class VastBackend:
         for inst in instances:
             out += inst.ssh.slots()
         free = self.max_instances - len(instances) - self._renting
-        if free > 0 and self._may_rent():
+        if free > 0 and self.gate.open():
             out += [Slot(RENT_HOST, i) for i in range(free)]
         return out
-
-    def _may_rent(self) -> bool:
-        if self.hold.startswith("renting waits for approval") and self.approve(self._hold_usd):
-            log.info("vast rental approved", usd=round(self._hold_usd, 2))
-            self.hold = ""
-        return not self.hold
 
     # -- lifecycle ------------------------------------------------------------------------------
     def submit(self, job: JobSpec, slot: Slot) -> Handle:
         job.validate()
+        marker = f"launching:{job.session}"  # keeps _reap off an instance while a job starts on it
         if slot.host == RENT_HOST:
-            inst = self.provision(job)
+            inst = self.provision(job, marker)
             free = inst.ssh.slots()
             if not free:
+                inst.live.discard(marker)
                 raise LaunchFailed(f"vast instance {inst.instance_id}: no free GPU after set-up "
                                    "(nvidia-smi shows none)")
             slot = free[0]
         inst = self._by_alias(slot.host)
         if inst is None:
             raise LaunchFailed(f"{slot.host} is not a vast instance we hold")
-        inner = inst.ssh.submit(job, slot)
+        with self._lock:
+            inst.live.add(marker)
+        try:
+            inner = inst.ssh.submit(job, slot)
+        finally:
+            with self._lock:
+                inst.live.discard(marker)
         extra = {**json.loads(inner.extra or "{}"), "instance_id": inst.instance_id}
         handle = Handle("vast", inner.ref, inst.alias, inner.job_dir, inner.log_path,
                         json.dumps(extra, sort_keys=True))
@@ -151,8 +150,11 @@ class VastBackend:
         self.file.update(inst.instance_id, experiment=job.job_id)
         return handle
 
-    def provision(self, job: JobSpec) -> Instance:
-        """Rent, verify and set up one instance for `job` (blocking; run it in a worker thread)."""
+    def provision(self, job: JobSpec, marker: str = "") -> Instance:
+        """Rent, verify and set up one instance for `job` (blocking; run it in a worker thread).
+
+        `marker` is held in the instance's live set, so it is not reaped before the job starts.
+        """
         req = self.requirement.with_hours(job.est_hours)
         with self._lock:
             self._renting += 1
@@ -161,7 +163,7 @@ class VastBackend:
         finally:
             with self._lock:
                 self._renting -= 1
-        inst = Instance(rented.instance_id, self._ssh_for(rented))
+        inst = Instance(rented.instance_id, self._ssh_for(rented), live={marker} if marker else set())
         with self._lock:
             self._instances[inst.instance_id] = inst
         self._setup(inst)
@@ -170,64 +172,27 @@ class VastBackend:
     def _provisioner(self, job: JobSpec) -> Provisioner:
         return Provisioner(self.api, self.file, self.image, self.onstart, f"{self.label}-{job.job_id}",
                            self.timing, verify=self._verify, destroy=self._destroy_id,
-                           gate=lambda option: self._check_budget(option.total_usd),
+                           gate=lambda option: self.gate.check(self.ledger_records(), option.total_usd,
+                                                               self.wall()),
                            sleep=self.sleep, clock=self.clock, wall=self.wall)
-
-    def _check_budget(self, next_usd: float) -> None:
-        """usd_max: hold for approval; usd_hard_cap: refuse (handlers.budget.check)."""
-        ledger = build_ledger(self.ledger_records(), self.budget, None, self.wall())
-        verdict = check(ledger, self.budget, next_usd)
-        reason = "; ".join(verdict.reasons)
-        if verdict.rent == "refuse":
-            self.hold, self._hold_usd = f"renting refused: {reason}", next_usd
-            raise BudgetRefused(f"vast: {reason}", retryable=False)
-        if verdict.rent == "approval" and not self.approve(next_usd):
-            self.hold, self._hold_usd = f"renting waits for approval: {reason}", next_usd
-            raise ApprovalRequired(f"vast: estimated ${next_usd:.2f} for the next rental; {reason}; "
-                                   "approve to rent", retryable=False)
-        for r in verdict.reasons:
-            log.warning("vast budget", reason=r)
 
     def _ssh_for(self, rented: Rented | dict) -> SshBackend:
         if isinstance(rented, Rented):
             iid, user, host, port = rented.instance_id, rented.user, rented.host, rented.port
         else:
             iid, (user, host, port) = int(rented["instance_id"]), vast_api.parse_ssh_url(str(rented["ssh_url"]))
-        spec = HostSpec(f"vast-{iid}", hostname=host, user=self.ssh_user or user, port=port, key_file=self.ssh_key_file,
-                        code_dir=self.code_dir)
-        known = self.project_dir / "refine-logs" / ".expbridge-vast" / f"known_hosts-{iid}"
-        known.parent.mkdir(parents=True, exist_ok=True)
-        pool = SshPool([spec], connect_timeout_s=15.0, known_hosts=str(known))
-        return SshBackend([spec], self.project_dir, remote_base=self.remote_base, cooldown_s=0.0,
-                          command_timeout_s=self.ssh_timeout_s, launch_timeout_s=self.launch_timeout_s,
-                          code_sync=CodeSync("rsync"), pool=pool)
+        return vast_hosts.instance_ssh(self.ssh_settings, iid, user, host, port)
 
     def _verify(self, rented: Rented) -> str:
-        """nvidia-smi && echo CONNECTION_OK on the new instance (ARIS F73)."""
         ssh = self._ssh_for(rented)
         try:
-            reply = ssh.pool.run(f"vast-{rented.instance_id}", "nvidia-smi && echo CONNECTION_OK",
-                                 timeout=self.ssh_timeout_s)
-        except HostUnreachable as exc:
-            return classify_ssh_failure(exc)
+            return vast_hosts.verify(ssh, rented.instance_id, self.ssh_settings.command_timeout_s)
         finally:
             ssh.close()
-        return "ok" if "CONNECTION_OK" in reply.stdout else f"nvidia-smi failed: {reply.stderr.strip()[-200:]}"
 
     def _setup(self, inst: Instance) -> None:
-        """Code, requirements, a torch/CUDA check (ARIS F75); the torch check only warns."""
         try:
-            inst.ssh._ensure_code(inst.alias)
-            code = inst.ssh.code_dir(inst.alias)
-            cd = f'cd "$HOME" && cd -- {_sh_path(code)}'
-            if (self.project_dir / "requirements.txt").is_file():
-                done = inst.ssh.call(inst.alias, f"{cd} && pip install -q -r requirements.txt", 1800)
-                if not done.ok:
-                    raise LaunchFailed(f"vast instance {inst.instance_id}: pip install -r requirements.txt "
-                                       f"failed: {done.stderr.strip()[-300:]}", retryable=False)
-            probe = inst.ssh.call(inst.alias, "python -c 'import torch;print(torch.cuda.is_available(),"
-                                              "torch.cuda.device_count())' 2>&1 || true")
-            log.info("vast instance ready", instance=inst.instance_id, torch=probe.stdout.strip()[-120:])
+            vast_hosts.setup(inst.ssh, inst.instance_id, self.project_dir)
         except Exception:
             self._destroy(inst, "set-up on the instance failed")
             raise
@@ -437,7 +402,3 @@ def _instance_id(handle: Handle) -> int | None:
 
 def _slug(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "-" for c in name)[:40] or "project"
-
-
-def _sh_path(path: str) -> str:
-    return home_path(path)

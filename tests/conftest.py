@@ -3,4 +3,6 @@ pytest_plugins = [
     "tests.plugins.projects",
     "tests.plugins.sshd",
     "tests.plugins.slurm",
+    "tests.plugins.vastfake",
+    "tests.plugins.modalfake",
 ]

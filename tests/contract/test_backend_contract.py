@@ -12,7 +12,7 @@ from backends.base import Handle, RunStatus
 from tests.plugins.backends import ContractEnv
 from tests.plugins.common import wait_for
 
-BACKENDS = ["fake", "local", "ssh", "slurm"]
+BACKENDS = ["fake", "local", "ssh", "slurm", "vast", "modal"]
 
 
 @pytest.fixture(params=BACKENDS)
