@@ -48,6 +48,7 @@ class Core:
         self.waiters: dict[str, Waiters] = {}
         self.last_tracker_write: dict[str, float] = {}
         self.write_due: dict[str, float] = {}  # project -> when a postponed tracker write is due
+        self.last_state_write: dict[str, float] = {}
         self.watcher: Any = None
         self.specs = projects
         self.make_backend = make_backend
@@ -357,7 +358,12 @@ class Core:
             # our cells on their text), so it is read back like any other change
             if project.person_edited:
                 self.post(ev.FileChanged(project.path, tracker, sha))
-        self._safe(project, lambda: outputs.write_queue_state(project))
+        # queue_state.json renders every job: with a big queue, write it less often (never stale
+        # for long, and always at the end), so its cost does not grow with each transition
+        every = max(TRACKER_WRITE_INTERVAL_S, len(project.jobs) / 2000)
+        if force or now - self.last_state_write.get(project.key, 0.0) >= every:
+            self.last_state_write[project.key] = now
+            self._safe(project, lambda: outputs.write_queue_state(project))
         with self.store.transaction():
             project.flush()
         for line in project.log:

@@ -109,5 +109,8 @@ def training_check(project: Project, now: float, cancels: list[tuple[Project, Ha
 def tick(project: Project, cancels: list[tuple[Project, Handle]]) -> None:
     now = time.time()
     project.flag_overtime(now)
-    budget_check(project, now)
+    # the ledger walks every started job: with a big queue, recompute it less often
+    if now - getattr(project, "_budget_at", 0.0) >= max(1.0, len(project.jobs) / 1000):
+        project._budget_at = now  # type: ignore[attr-defined]
+        budget_check(project, now)
     training_check(project, now, cancels)
