@@ -187,9 +187,10 @@ class Project:
     def _create(self, ji: JobInput, order: int, inputs: Inputs, cells: dict[str, Any]) -> None:
         row = inputs.rows.get(ji.run_id) if ji.run_id else None
         state, reason, spec = J.PENDING, "", dict(ji.spec)
-        status = row.status if row is not None else None
+        # a row whose Status we wrote ourselves is no person's verdict on new work
         if ji.run_id and cells.get(ji.run_id, (None, None))[1] is not None:
-            status = None  # we wrote this row's Status ourselves: it is no person's verdict on new work
+            row = None
+        status = row.status if row is not None else None
         if status in FIRST_SIGHT:
             state, reason = FIRST_SIGHT[status], f"{status} in the tracker before expbridge saw it"
         elif status == "RUNNING":
