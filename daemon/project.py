@@ -203,6 +203,8 @@ class Project:
                   prev_state=J.PENDING if state is J.PAUSED else None, reason=reason, spec=spec,
                   must=ji.must, order=order, updated_at=self.clock())
         self._keep(job)
+        if state in FIRST_SIGHT.values() and job.run_id:
+            self.dirty_runs.discard(job.run_id)  # a person's verdict: nothing of ours to write
         self.events.append(Event("job", self.key, job.job_id, "new", state.value, {"cmd": ji.cmd}))
 
     # -- backend results -------------------------------------------------------------------------

@@ -169,3 +169,25 @@ def test_overtime_is_flagged_and_does_not_hold_back_the_next_milestone(project_f
     assert "acc=0.7" in p.tracker.read_text()  # results waited for the overtime job
     log = (p.path / "refine-logs" / "EXPERIMENT_LOG.md").read_text()
     assert "## Experiment: R001" in log and "## Experiment: R002" in log
+
+
+def test_rows_at_first_sight(project_factory) -> None:
+    manifest = """
+        jobs:
+          - {id: outside, run: R001, cmd: "touch outside.ran"}
+          - {id: done, run: R002, cmd: "touch done.ran"}
+          - {id: odd, run: R003, cmd: "touch odd.ran"}
+    """
+    p = project_factory(manifest, [("R001", "M1", "MUST"), ("R002", "M1", "MUST"), ("R003", "M1", "MUST")])
+    text = p.tracker.read_text()
+    text = text.replace("| R001 | M1 | test | MUST | TODO |", "| R001 | M1 | test | MUST | RUNNING |")
+    text = text.replace("| R002 | M1 | test | MUST | TODO |", "| R002 | M1 | test | MUST | DONE |")
+    text = text.replace("| R003 | M1 | test | MUST | TODO |", "| R003 | M1 | test | MUST | WEIRD-STATE |")
+    p.tracker.write_text(text)
+    p.run()
+    assert not any((p.path / f).exists() for f in ("outside.ran", "done.ran", "odd.ran"))
+    after = p.tracker.read_text()
+    assert p.status_cell("R001") == "RUNNING" and "running outside expbridge? set TODO to run it here" in after
+    assert p.status_cell("R003") == "WEIRD-STATE" and "unrecognised status 'WEIRD-STATE'" in after
+    assert "| R002 | M1 | test | MUST | DONE | |" in after  # not ours: left exactly as it was
+    assert p.launches("outside") == p.launches("done") == p.launches("odd") == 0
