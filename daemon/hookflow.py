@@ -63,12 +63,33 @@ def _set_data(project: Project, **changes: Any) -> None:
     project.plan_changed = True
 
 
+def clone_base_repo(project: Project) -> str | None:
+    """ARIS BASE_REPO: clone the given repository into base_repo/ before implementing; an
+    existing base_repo/ is kept as it is (it may hold the person's work). Returns a problem."""
+    import subprocess
+
+    url = getattr(project.settings, "base_repo", False)
+    dest = project.path / "base_repo"
+    if not url or url is True or dest.exists():
+        return None
+    try:
+        out = subprocess.run(["git", "clone", "--depth", "1", "--", str(url), str(dest)],
+                             capture_output=True, text=True, timeout=600, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"cannot clone base_repo {url}: {exc}"
+    return None if out.returncode == 0 else f"cannot clone base_repo {url}: {out.stderr.strip()[-300:]}"
+
+
 def run_request(project: Project, req: HookRequest) -> Any:
     """Worker-thread side: prepare the context and run the hook to completion."""
     from handlers.hook_context import prepare_context
-    from handlers.hooks import run_hook
+    from handlers.hooks import HookResult, run_hook
 
     assert project.plan is not None
+    if req.phase == "implement":
+        problem = clone_base_repo(project)
+        if problem:
+            return HookResult("crashed", {}, [], Path("."), Path("."), problem, 0.0)
     base = project.run_dir / "hooks" / f"{req.phase}-{req.token}"
     plan_file = project.path / REFINE / "EXPERIMENT_PLAN.md"
     extra = {"findings.json": json.dumps(list(req.findings), indent=1)} if req.findings else {}

@@ -205,3 +205,22 @@ def test_negative_main_result_skips_the_planner_with_a_note(project_factory, tmp
     out = p.run(*cfg)
     assert calls(p, "ablation_planner") == 0
     assert "ablation planning skipped: the main result (M2) is negative" in out.stdout
+
+
+def test_base_repo_is_cloned_before_implementing(project_factory, tmp_path: Path) -> None:
+    import subprocess
+    origin = tmp_path / "origin.git"
+    work = tmp_path / "work"
+    subprocess.run(["git", "init", "-q", "--bare", str(origin)], check=True)
+    subprocess.run(["git", "clone", "-q", str(origin), str(work)], check=True)
+    (work / "model.py").write_text("BASE = 1\n")
+    git = ["git", "-C", str(work), "-c", "user.email=t@t", "-c", "user.name=t"]
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "base"], check=True)
+    subprocess.run([*git, "push", "-q", "origin", "HEAD"], check=True)
+    p = project_factory(ONE_JOB, [("R001", "M1", "MUST")])
+    body = 'test -f "$EB_PROJECT/base_repo/model.py"\n' + result()
+    cfg = with_config(p, tmp_path, {"implement": hook(tmp_path, "impl", body)}, extra=f"  base_repo: {origin}\n")
+    out = p.run(*cfg)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert (p.path / "base_repo" / "model.py").read_text() == "BASE = 1\n"
