@@ -140,6 +140,14 @@ def done(project: Project, event: HookDone) -> None:
         _reviewed(project, result)
     elif phase in ("debug", "rescue"):
         _rescued(project, event.request, result)
+    elif phase == "judge":
+        verdict = str(result.data.get("verdict", "")).lower() if result.status == "ok" else ""
+        reason = str(result.data.get("reason") or result.reason or "no reason given")
+        if verdict not in ("pass", "fail"):  # a judge that cannot say: the gate passes with a note
+            project.note(f"judge gave no verdict for {event.request.milestone} ({reason}); passing with a note")
+            verdict = "pass"
+        judged = {**project.plan.data.get("gates_judged", {}), str(event.request.milestone): [verdict, reason]}
+        _set_data(project, gates_judged=judged)
     elif phase == "audit":
         _audited(project, result)
     elif phase == "ablation_planner":

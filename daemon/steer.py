@@ -16,6 +16,7 @@ from daemon.project import Project
 
 J, P = JobState, PlanState
 HOLD = (J.PENDING, J.LAUNCHING, J.RUNNING, J.RETRY_WAIT, J.BLOCKED)
+JUDGING = "judging"  # gate_failure's answer while the judge hook decides a prose gate
 
 
 def run_jobs(project: Project, run_id: str) -> list[Job]:
@@ -162,7 +163,15 @@ def gate_failure(project: Project, milestone: str | None, jobs: list[Any], flow:
             if result is None or result.outcome == "pass":
                 continue
             if result.outcome == "needs_review":
-                project.note(f"decision gate {milestone}: {spec!r} needs review (prose); passing with a note")
+                judged = project.plan.data.get("gates_judged", {}).get(str(milestone))
+                if judged is None and hookflow.hook_command(project, "judge"):
+                    if hookflow.pending(project) is None:
+                        hookflow.request(project, "judge", milestone, findings=(str(spec),))
+                    return JUDGING
+                if judged is not None and judged[0] != "pass":
+                    return f"judge: {judged[1]}"
+                if judged is None:
+                    project.note(f"decision gate {milestone}: {spec!r} needs review (prose); passing with a note")
                 continue
             return f"{run_id}: {result.reason}"
     project.note(f"decision gate {milestone} passed")
@@ -236,6 +245,8 @@ def _move(project: Project, state: PlanState, milestone: str | None) -> pipeline
             return None  # an overtime job may still be running: results wait for it
         if move is not None and move.dst is not P.BLOCKED:
             failed_gate = gate_failure(project, milestone, list(jobs.values()), flow)
+            if failed_gate is JUDGING:
+                return None  # the judge hook is deciding the gate
             if failed_gate:
                 return pipeline.Move(P.BLOCKED, milestone, f"decision gate {milestone}: {failed_gate}")
             if state is P.DEPLOYING and _is_main(project, milestone):

@@ -224,3 +224,22 @@ def test_base_repo_is_cloned_before_implementing(project_factory, tmp_path: Path
     out = p.run(*cfg)
     assert out.returncode == 0, out.stdout + out.stderr
     assert (p.path / "base_repo" / "model.py").read_text() == "BASE = 1\n"
+
+
+PROSE_GATE = GATED.replace('gate: "acc +50% over R001"', 'gate: "the curves look clearly better than the baseline"')
+
+
+@pytest.mark.parametrize("verdict", ["pass", "fail"])
+def test_a_prose_gate_goes_to_the_judge_hook(project_factory, tmp_path: Path, verdict: str) -> None:
+    p = project_factory(PROSE_GATE, [("R001", "M1", "MUST"), ("R002", "M2", "MUST"), ("R003", "M3", "MUST")])
+    body = (f'cat > "$EB_OUT/result.json" <<\'JSON\'\n{{"status": "ok", "verdict": "{verdict}", '
+            '"reason": "judged by a script", "findings": []}\nJSON\n')
+    cfg = with_config(p, tmp_path, {"judge": hook(tmp_path, "judge", body)})
+    out = p.run(*cfg)
+    assert calls(p, "judge") == 1
+    if verdict == "pass":
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert p.job_states()["ablate"] == "succeeded"
+    else:
+        assert out.returncode == 1 and "decision gate M2: judge: judged by a script" in out.stderr
+        assert p.job_states()["ablate"] == "pending"
