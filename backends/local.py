@@ -41,6 +41,7 @@ class LocalBackend:
         self.launch_timeout_s = launch_timeout_s
         self.cancel_grace_s = cancel_grace_s
         self.on_exit = on_exit
+        self.problem = ""  # why slots() offered nothing, when a person must act
         self._reaper = Reaper(self._exited)
 
     def _exited(self, handle: Handle) -> None:
@@ -58,15 +59,25 @@ class LocalBackend:
         return shutil.which(self.nvidia_smi) is not None
 
     def slots(self) -> list[Slot]:
-        """Free GPUs by nvidia-smi, or CPU slots on a machine without one."""
+        """Free GPUs by nvidia-smi, or CPU slots on a machine without one. When nothing can be
+        offered for a reason a person must fix, `problem` says so (never a silent CPU fallback
+        for a project that asked for GPUs)."""
+        self.problem = ""
         if not self.has_gpus():
-            return [Slot("local", None, i) for i in range(self.cpu_slots)] if self.allowed_gpus is None else []
+            if self.allowed_gpus is None:
+                return [Slot("local", None, i) for i in range(self.cpu_slots)]
+            self.problem = f"gpus {self.allowed_gpus} are configured but {self.nvidia_smi!r} is not on PATH"
+            return []
         try:
             out = subprocess.run([self.nvidia_smi, *QUERY_ARGS], capture_output=True, text=True,
                                  timeout=10, check=False).stdout
-        except (OSError, subprocess.TimeoutExpired):
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            self.problem = f"{self.nvidia_smi} failed: {exc}"
             return []
-        return [Slot("local", i) for i in free_gpus(parse_gpu_csv(out), self.threshold_mib, self.allowed_gpus)]
+        gpus = parse_gpu_csv(out)
+        if not gpus:
+            self.problem = f"{self.nvidia_smi} printed nothing readable: {out.strip()[:120]!r}"
+        return [Slot("local", i) for i in free_gpus(gpus, self.threshold_mib, self.allowed_gpus)]
 
     # -- lifecycle --------------------------------------------------------------------------
     def submit(self, job: JobSpec, slot: Slot) -> Handle:

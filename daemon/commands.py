@@ -67,8 +67,13 @@ def settings_for(args: Any, config: Any, project: Path, default_backend: str | N
 
 def _apply_backend_flags(args: Any, settings: Any) -> Any:
     if getattr(args, "hosts", None):
+        from pydantic import ValidationError
+
         from daemon.config import SshHost
-        hosts = [SshHost(alias=a.strip()) for a in args.hosts.split(",") if a.strip()]
+        try:
+            hosts = [SshHost(alias=a.strip()) for a in args.hosts.split(",") if a.strip()]
+        except ValidationError as exc:
+            raise ConfigError(f"--hosts {args.hosts!r}: {exc.errors()[0]['msg']}") from None
         ssh = settings.ssh.model_copy(update={"hosts": hosts, "ssh_config": args.ssh_config or settings.ssh.ssh_config})
         settings = settings.model_copy(update={"ssh": ssh})
     if getattr(args, "partition", None) or getattr(args, "slurm_host", None):
@@ -181,13 +186,28 @@ def cmd_daemon(args: Any) -> int:
                 debounce_ms=config.watch.debounce_ms if config else 150)
     _install_signals(core, on_hup=lambda: _reload(core, args))
     core.on_ready = lambda: sdnotify.notify("READY=1")
-    core.on_beat = lambda: sdnotify.notify("WATCHDOG=1")
+    core.on_beat = _watchdog_pinger()
     try:
         core.run()
     finally:
         sdnotify.notify("STOPPING=1")
         lock.release()
     return 0
+
+
+def _watchdog_pinger() -> Callable[[], None]:
+    """WATCHDOG=1 from the core loop (so a stuck loop is noticed), at most every half interval."""
+    from daemon import sdnotify
+
+    interval = sdnotify.watchdog_interval_s()
+    last = [0.0]
+
+    def beat() -> None:
+        now = time.monotonic()
+        if interval is not None and now - last[0] >= interval:
+            last[0] = now
+            sdnotify.notify("WATCHDOG=1")
+    return beat
 
 
 def _reload(core: Any, args: Any) -> None:

@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 from backends.base import Handle, JobSpec, Slot
 from daemon import events as ev
 from daemon import hookflow, outputs, steer, upkeep
-from daemon.errors import BackendError, ExpbridgeError
+from daemon.errors import BackendError, ExpbridgeError, StoreError
 from daemon.model import ACTIVE, JobState, PlanState
 from daemon.project import Project
 from daemon.store import DirLock, Store
@@ -29,6 +29,7 @@ TERMINAL_PLAN = (P.DONE, P.BLOCKED, P.FAILED, P.AWAITING_APPROVAL)
 JOB_DIR = re.compile(r"/jobs/([^/]+)/a(\d+)$")
 TRACKER_WRITE_INTERVAL_S = 0.25
 STALE_STATE_H = 24.0
+STORE_RETRY_S = 2.0
 
 
 class Core:
@@ -76,6 +77,9 @@ class Core:
                 self._warn_if_stale(project)
                 self._safe(project, project.reload)
                 self._recover(project)
+                # a write deferred before a crash lived only in memory: rewrite our runs once
+                project.dirty_runs.update(r for r, (_, notes) in self.store.cells(project.key).items()
+                                          if notes is not None)
                 hook = project.plan.data.get("hook") if project.plan else None
                 if hook:  # the daemon stopped while a hook ran: run it again
                     project.plan = replace(project.plan, data={**project.plan.data, "hook": None})
@@ -156,13 +160,26 @@ class Core:
                 if time.monotonic() >= next_tick:
                     batch.append(ev.Tick())
                     next_tick = time.monotonic() + self.tick_s
-                self.step(batch)
+                try:
+                    self.step(batch)
+                except StoreError as exc:
+                    self._store_failed(exc)
                 self.on_beat()
                 if self.once and self._all_settled():
                     break
         finally:
             self._final_writes()
             self.close()
+
+    def _store_failed(self, exc: StoreError) -> None:
+        """The state database refused a commit (a full disk): stop launching, say why, and pick
+        up again from what was committed. Nothing uncommitted was launched; jobs started before
+        are found again the way a restart finds them."""
+        for project in self.projects.values():
+            project.note(f"state store unavailable, not launching until it is writable: {exc}")
+            project.undo_uncommitted_launches()
+            self._safe(project, lambda p=project: self._write_files(p, force=True))
+        time.sleep(STORE_RETRY_S)
 
     def _drain(self, timeout: float) -> list[Any]:
         try:
@@ -284,10 +301,16 @@ class Core:
         if project.launch_allowed() is None or not project.index.by_state[J.PENDING]:
             return []
         try:
-            return [s.key for s in project.backend.slots()]
+            keys = [s.key for s in project.backend.slots()]
         except (BackendError, OSError) as exc:
-            project.note(f"slots unavailable: {exc}")
-            return []
+            keys, problem = [], str(exc)
+        else:
+            problem = getattr(project.backend, "problem", "")
+        if problem != project.slots_problem:  # said once, not on every step
+            project.slots_problem = problem
+            if problem:
+                project.note(f"waiting for slots: {problem}")
+        return keys
 
     def _not_ready(self, project: Project) -> dict[str, str]:
         try:
@@ -390,8 +413,14 @@ class Core:
         """A bad input or hook in one project blocks that project, never the daemon."""
         try:
             return fn()
+        except StoreError as exc:  # the database is full or locked: transient, never a plan block
+            project.note(f"error (will retry): {exc}")
+            return None
         except ExpbridgeError as exc:
             reason = str(exc)
+        except OSError as exc:  # a full disk or a vanished folder: say so and try again next step
+            project.note(f"error (will retry): {exc}")
+            return None
         except Exception as exc:  # a bug must not take the other projects down with it
             reason = f"internal error: {exc!r}"
             project.note("".join(traceback.format_exception(exc)).rstrip())

@@ -41,10 +41,24 @@ def _relevant(project: Project, ids: set[str]) -> list[Job]:
     return out
 
 
+DAEMON_ONLY = frozenset({"QUEUED", "RUNNING", "DONE", "FAILED", "STUCK", "BLOCKED"})
+
+
+def _current_statuses(project: Project) -> dict[str, str | None]:
+    """The Status cells as the file holds them right now (normalised)."""
+    from handlers.tracker import read_tracker
+
+    path = project.path / REFINE / TRACKER
+    if not path.is_file():
+        return {}
+    return {r.run_id: r.status for r in read_tracker(path).rows}
+
+
 def tracker_edits(project: Project) -> list[Any]:
     from handlers.tracker_write import CellEdit
 
     cells = project.store.cells(project.key)
+    current = _current_statuses(project)
     idx = project.index
     edits = []
     no_command = set(project.plan.data.get("no_command", [])) if project.plan else set()
@@ -72,8 +86,13 @@ def tracker_edits(project: Project) -> list[Any]:
             continue
         row = project.inputs.rows.get(run_id) if project.inputs else None
         expect = last_status if last_status is not None else (row.status_raw.strip() if row else None)
+        if current.get(run_id) in DAEMON_ONLY:
+            # a status only the daemon writes is no person's command: it is a stale copy of one
+            # of our writes (an editor's old buffer, a write lost with a full disk), so re-assert
+            expect = None
+        # the text after `eb:` is the daemon's own (DESIGN §4); the person's part is kept anyway
         edits.append(CellEdit(run_id, status=None if external else status, notes_eb=notes,
-                              expect_status=None if external else expect, expect_notes_eb=last_notes))
+                              expect_status=None if external else expect, expect_notes_eb=None))
     return edits
 
 

@@ -55,6 +55,7 @@ class Project:
         self.hook_requests: list[Any] = []  # hooks to run once the batch commits
         self.pending_switch: str | None = None  # a plan-switch word to write into the tracker
         self.fetched: set[tuple[str, int]] = set()  # remote attempts whose outputs came back
+        self.slots_problem = ""  # why the backend offers no slots, as last said
         self.budget_stop = False  # the ledger says no new launches (hard GPU-hour budget)
         self.tracker_sha: str | None = None  # the tracker as our last write left it
         self.person_edited = True  # until we know better, a write is read back
@@ -278,6 +279,17 @@ class Project:
 
     def run_jobs(self, run_id: str) -> list[Job]:
         return [self.jobs[i] for i in sorted(self.index.ids("r", run_id))]
+
+    def undo_uncommitted_launches(self) -> None:
+        """After a failed commit no backend was called: jobs marked launching in that batch go
+        back to pending (and their launch events are dropped). Every other change stays in
+        memory and is written by the next commit that succeeds."""
+        for job_id in list(self.index.by_state[J.LAUNCHING]):
+            job = self.jobs[job_id]
+            if job.handle is None and job_id in self.changed:
+                self._keep(replace(job, state=J.PENDING, attempt=job.attempt - 1, slot=None))
+        self.events = [e for e in self.events if not (e.kind == "job" and e.dst == J.LAUNCHING.value
+                                                      and self.jobs[e.subject].state is J.PENDING)]
 
     def flag_overtime(self, now: float) -> None:
         """A job past twice its estimate is flagged (F87): it keeps running, but it no longer

@@ -24,6 +24,7 @@ def notify(state: str) -> bool:
         return False
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.setblocking(False)  # a socket nobody drains must never stall the core loop
             sock.connect(_address(raw))
             sock.sendall(state.encode())
     except OSError:

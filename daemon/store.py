@@ -114,13 +114,17 @@ class Store:
         try:
             yield
         except BaseException:
-            self.db.execute("ROLLBACK")
+            self._rollback()
             raise
         try:
             self.db.execute("COMMIT")
         except sqlite3.OperationalError as exc:  # a full disk shows up here
-            self.db.execute("ROLLBACK")
+            self._rollback()
             raise StoreError(f"{self.path}: commit failed: {exc}") from exc
+
+    def _rollback(self) -> None:
+        if self.db.in_transaction:  # sqlite may already have rolled back on its own (SQLITE_FULL)
+            self.db.execute("ROLLBACK")
 
     def put_jobs(self, jobs: Sequence[Job]) -> None:
         cols = ", ".join(f'"{n}"' for n in _JOB_FIELDS)
@@ -139,7 +143,10 @@ class Store:
              for e in events])
 
     def put_cell(self, project: str, run_id: str, status: str | None, notes_eb: str | None) -> None:
-        self.db.execute("INSERT OR REPLACE INTO cells VALUES (?,?,?,?)", (project, run_id, status, notes_eb))
+        try:
+            self.db.execute("INSERT OR REPLACE INTO cells VALUES (?,?,?,?)", (project, run_id, status, notes_eb))
+        except sqlite3.OperationalError as exc:  # a full disk: the caller retries on a later write
+            raise StoreError(f"{self.path}: cannot record a tracker write: {exc}") from exc
 
     def cells(self, project: str) -> dict[str, tuple[str | None, str | None]]:
         rows = self.db.execute("SELECT run_id, status, notes_eb FROM cells WHERE project=?", (project,))

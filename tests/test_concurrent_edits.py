@@ -129,11 +129,6 @@ def test_the_file_is_never_torn_and_the_daemon_finishes(outcome: Outcome) -> Non
     assert outcome.proj.job_states() == {f"j{i:02d}": "succeeded" for i in range(3 * N_RUNS)}
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "reported, seen in every run since the tracker writer moved to swap_in (06:40): the editor's "
-    "read-modify-write can land on top of the daemon's write and revert Status cells to a value the "
-    "daemon itself wrote earlier; steer then logs \"status 'QUEUED' is not a command; left as it is\" "
-    "and never re-asserts the cell, so the tracker ends QUEUED/RUNNING while the store says DONE."))
 def test_the_daemons_statuses_survive_a_stale_save(outcome: Outcome) -> None:
     for i in range(N_RUNS):
         assert outcome.proj.status_cell(f"R{i:03d}") == "DONE", outcome.final

@@ -97,10 +97,6 @@ def test_host_names_with_metacharacters_never_execute(tmp_path: Path, host: str)
     assert result.returncode != 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "reported: daemon/commands.py _apply_backend_flags builds SshHost(alias=...) outside any "
-    "handler, so an invalid --hosts alias ends in a pydantic ValidationError traceback instead of "
-    "a ConfigError naming the flag. Remove this marker when fixed."))
 def test_a_bad_host_alias_is_a_clear_error(tmp_path: Path) -> None:
     p = make_project(tmp_path, "cwd: .\njobs:\n  - {id: j1, run: R001, cmd: 'true'}\n", [("R001", "M1", "MUST")])
     result = run(p, env_for(p.state, tmp_path / "canary"), "--backend", "ssh", "--hosts", "h;x", timeout=60)

@@ -95,11 +95,6 @@ def test_kill_9_twenty_times_every_job_runs_exactly_once(torture: Torture) -> No
     assert p.job_states() == {j: "succeeded" for j in ids}
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "reported, intermittent (5 of 6 torture runs here): a job's end is committed to SQLite but the "
-    "tracker write is deferred (core._write_files, TRACKER_WRITE_INTERVAL_S) and dirty_runs lives "
-    "only in memory (project.py), so a kill -9 in that window leaves the row QUEUED/RUNNING for "
-    "ever: no restart re-marks runs dirty. Make this strict, or drop the marker, once fixed."))
 def test_after_the_torture_the_tracker_matches_the_store(torture: Torture) -> None:
     assert torture.final.returncode == 0
     _tracker_matches_store(torture.proj)
