@@ -39,11 +39,18 @@ def _exchange(a: str, b: str) -> bool:
     raise OSError(err, os.strerror(err), b)
 
 
-def swap_in(path: Path, text: str) -> tuple[str, str | None]:
+def identity(path: Path) -> tuple[int, int, int]:
+    st = path.stat()
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def swap_in(path: Path, text: str, base: str | None = None,
+            seen: tuple[int, int, int] | None = None) -> tuple[str, str | None]:
     """Put `text` at `path` and hand back exactly what it replaced, with no gap between the
     two: a save a person made a moment before our write comes back to us instead of being lost.
-    Returns (sha256 of our text, the replaced text; None where exchange is unsupported, after a
-    plain atomic write)."""
+    With `base` (the text ours was built on), a replaced text that differs is swapped straight
+    back, so our stale version is never left for an editor to reload. Returns (sha256 of our
+    text, the replaced text; None where exchange is unsupported, after a plain atomic write)."""
     path = Path(path)
     if path.is_symlink():
         path = path.resolve()
@@ -57,11 +64,15 @@ def swap_in(path: Path, text: str) -> tuple[str, str | None]:
             os.fchmod(f.fileno(), st.st_mode & 0o7777)
             _keep_owner(f.fileno(), st)
             os.fsync(f.fileno())
+        if seen is not None and identity(path) != seen:  # saved since we read it: rebuild first
+            return "", read_text(path)
         if not _exchange(tmp, str(path)):
             os.replace(tmp, path)
             fsync_dir(path.parent)
             return hashlib.sha256(data).hexdigest(), None
         replaced = Path(tmp).read_bytes().decode("utf-8", "surrogateescape")
+        if base is not None and replaced != base:
+            _exchange(tmp, str(path))  # theirs back in place at once; the caller rebuilds on it
     finally:
         Path(tmp).unlink(missing_ok=True)
     fsync_dir(path.parent)

@@ -20,7 +20,7 @@ from handlers.tracker import (EB_MARKER, PLAN_SWITCH_WORDS, SWITCH_RE, Columns, 
                               RawTable, Row, Tracker, bare, front_matter_end, header_keys,
                               make_row, masked_lines, md_trim, norm_header, parse_tracker,
                               run_tables, split_lines, split_row, strip_separator)
-from handlers.tracker_file import TMP_PREFIX, read_text, sha256_text, swap_in, write_atomic
+from handlers.tracker_file import TMP_PREFIX, identity, read_text, sha256_text, swap_in, write_atomic
 
 _WS = " \t"
 __all__ = ["CellEdit", "EditResult", "apply_edits", "append_rows", "set_plan_switch", "write_atomic",
@@ -390,15 +390,17 @@ def update_tracker(path: Path, edits: Sequence[CellEdit]) -> tuple[EditResult, s
     If the file keeps changing, their latest text is put back and every edit is reported
     skipped. No write when nothing changes. Returns (result, sha256 of the file as it now is)."""
     path = Path(path)
+    seen = identity(path)
     text = read_text(path)
     for _ in range(8):
         result = apply_edits(text, edits, str(path))
         if result.text == text:
             return result, sha256_text(text)
-        sha, replaced = swap_in(path, result.text)
+        sha, replaced = swap_in(path, result.text, base=text, seen=seen)
+        seen = identity(path)
         if replaced is None or replaced == text:
             return result, sha
-        text = replaced  # a person's save landed first: build on it
-    sha, _ = swap_in(path, text)
+        text = replaced  # a person's save landed first (and is back in place): build on it
+    sha = sha256_text(text)
     busy = f"{path}: the file kept changing while we wrote it; nothing written, will retry"
     return EditResult(text, [], [(edit, busy) for edit in edits]), sha
