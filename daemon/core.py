@@ -31,6 +31,7 @@ JOB_DIR = re.compile(r"/jobs/([^/]+)/a(\d+)$")
 TRACKER_WRITE_INTERVAL_S = 0.25
 STALE_STATE_H = 24.0
 STORE_RETRY_S = 2.0
+IDLE_WAKE_S = 30.0  # an idle loop still wakes now and then, so the watchdog sees it alive
 
 
 class Core(BackendEdges):
@@ -151,16 +152,15 @@ class Core(BackendEdges):
     def run(self) -> None:
         self.open()
         self.on_ready()
+        ticker = self._start_ticker()
         try:
             self.post(ev.Tick())
-            next_tick = time.monotonic() + self.tick_s
             while not self.stopping:
-                wake = min([next_tick, *self.write_due.values()])
-                timeout = max(0.0, wake - time.monotonic())
+                # the loop sleeps until an event arrives; it wakes by itself only for a
+                # postponed tracker write (ticks are events from the scheduler)
+                due = [*self.write_due.values()]
+                timeout = max(0.0, min(due) - time.monotonic()) if due else IDLE_WAKE_S
                 batch = self._drain(timeout)
-                if time.monotonic() >= next_tick:
-                    batch.append(ev.Tick())
-                    next_tick = time.monotonic() + self.tick_s
                 try:
                     self.step(batch)
                 except StoreError as exc:
@@ -169,8 +169,20 @@ class Core(BackendEdges):
                 if self.once and self._all_settled():
                     break
         finally:
+            ticker.shutdown(wait=False)
             self._final_writes()
             self.close()
+
+    def _start_ticker(self) -> Any:
+        """APScheduler only ticks the loop (DESIGN §2): retry times and state live in SQLite,
+        because its persisted date jobs are dropped across restarts."""
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        ticker = BackgroundScheduler(daemon=True)
+        ticker.add_job(lambda: self.post(ev.Tick()), "interval", seconds=self.tick_s,
+                       max_instances=1, coalesce=True, misfire_grace_time=None)
+        ticker.start()
+        return ticker
 
     def _store_failed(self, exc: StoreError) -> None:
         """The state database refused a commit (a full disk): stop launching, say why, and pick
