@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--project", default=".")
     ap = sub.add_parser("approve", help="approve a plan waiting at the deployment checkpoint")
     ap.add_argument("project")
+    rp = sub.add_parser("report", help="regenerate EXPERIMENT_RESULTS.md and the queue summary")
+    rp.add_argument("project")
+    common(rp)
 
     val = sub.add_parser("validate", help="show what expbridge understood of a project or file")
     val.add_argument("rest", nargs=argparse.REMAINDER)

@@ -29,7 +29,7 @@ def dispatch(args: Any) -> int:
         return tracker_main(args.rest)
     table: dict[str, Callable[[Any], int]] = {
         "run": cmd_run, "daemon": cmd_daemon, "status": cmd_status, "logs": cmd_logs,
-        "wait": cmd_wait, "approve": cmd_approve, "hosts": cmd_hosts,
+        "wait": cmd_wait, "approve": cmd_approve, "hosts": cmd_hosts, "report": cmd_report,
         "pause": cmd_verb, "resume": cmd_verb, "skip": cmd_verb, "retry": cmd_verb,
     }
     return table[args.cmd](args)
@@ -358,6 +358,30 @@ def cmd_approve(args: Any) -> int:
     path = _tracker(args.project)
     update_plan_switch(path, "APPROVED")  # byte-preserving: CRLF files stay CRLF
     print(f"{path}: plan approved")
+    return 0
+
+
+def cmd_report(args: Any) -> int:
+    """Rebuild the reports from the state store and the jobs' result files. Safe beside a
+    running controller: the files are versioned and replaced atomically."""
+    from backends.fake import FakeBackend
+    from daemon.finish import write_results, write_summary
+    from daemon.project import Project
+
+    project_dir = Path(args.project).resolve()
+    store = _open_store(args)
+    try:
+        config = _config(args)
+        project = Project(project_dir, settings_for(args, config, project_dir, "local"), FakeBackend(0), store)
+        if project.plan is None:
+            raise InputError(f"{project_dir}: nothing has run here yet (no plan in the state store)")
+        project.reload()
+        from datetime import datetime
+        write_results(project, datetime.now())
+        write_summary(project)
+    finally:
+        store.close()
+    print(f"{project_dir}/refine-logs/EXPERIMENT_RESULTS.md regenerated")
     return 0
 
 

@@ -38,7 +38,7 @@ def finish(project: Project) -> None:
     project.plan_changed = True
     now = datetime.now()
     write_results(project, now)
-    _write_summary_md(project)
+    write_summary(project)
 
 
 def log_runs(project: Project, run_ids: set[str]) -> None:
@@ -113,7 +113,7 @@ def write_results(project: Project, now: datetime) -> None:
                  description="results of the experiment bridge")
 
 
-def _write_summary_md(project: Project) -> None:
+def write_summary(project: Project) -> None:
     from handlers.queue_state import render_summary_md
     from handlers.versioning import atomic_write
 

@@ -41,3 +41,15 @@ def test_skip_cancels_and_unknown_run_is_a_clear_error(project_factory) -> None:
     missing = p.cli("pause", "R999", "--project", str(p.path))
     assert missing.returncode != 0 and "R999" in missing.stderr
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_report_regenerates_the_results(project_factory) -> None:
+    p = project_factory("""
+        jobs: [{id: ok, run: R001, cmd: "echo acc=0.75 > out.log", expected_output: out.log}]
+    """, [("R001", "M1", "MUST")])
+    assert p.run().returncode == 0
+    results = p.path / "refine-logs" / "EXPERIMENT_RESULTS.md"
+    results.unlink()
+    out = p.cli("report", str(p.path), "--state-dir", str(p.state))
+    assert out.returncode == 0, out.stderr
+    assert "acc=0.75" in results.read_text()
