@@ -80,8 +80,7 @@ class Core(BackendEdges):
                 self._safe(project, project.reload)
                 self._recover(project)
                 # a write deferred before a crash lived only in memory: rewrite our runs once
-                project.dirty_runs.update(r for r, (_, notes) in self.store.cells(project.key).items()
-                                          if notes is not None)
+                project.dirty_runs.update(project.own_runs())
                 hook = project.plan.data.get("hook") if project.plan else None
                 if hook:  # the daemon stopped while a hook ran: run it again
                     project.plan = replace(project.plan, data={**project.plan.data, "hook": None})

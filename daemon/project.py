@@ -24,6 +24,7 @@ from handlers.parse import Inputs, JobInput, load_inputs
 J, P = JobState, PlanState
 OUTCOME_STATE = {"ok": J.SUCCEEDED, "failed": J.FAILED, "oom": J.OOM, "lost": J.LOST,
                  "timeout": J.TIMEOUT}
+FIRST_SIGHT_REASON = " in the tracker before expbridge saw it"
 FIRST_SIGHT = {"DONE": J.SUCCEEDED, "SKIPPED": J.SKIPPED, "FAILED": J.FAILED, "STUCK": J.STUCK}
 
 
@@ -193,7 +194,7 @@ class Project:
             row = None
         status = row.status if row is not None else None
         if status in FIRST_SIGHT:
-            state, reason = FIRST_SIGHT[status], f"{status} in the tracker before expbridge saw it"
+            state, reason = FIRST_SIGHT[status], f"{status}{FIRST_SIGHT_REASON}"
         elif status == "RUNNING":
             state, reason, spec["external"] = J.BLOCKED, "running outside expbridge? set TODO to run it here", True
         elif row is not None and status is None and row.status_raw.strip():
@@ -276,6 +277,12 @@ class Project:
         """Jobs in the given states (default: launching, running, paused) via the index."""
         ids = set().union(*(self.index.by_state[s] for s in (states or (*ACTIVE, J.PAUSED))))
         return [self.jobs[i] for i in sorted(ids)]
+
+    def own_runs(self) -> set[str]:
+        """Runs whose Status is ours to write: not a person's verdict seen at first sight."""
+        theirs = FIRST_SIGHT_REASON
+        return {j.run_id for j in self.jobs.values()
+                if j.run_id and not j.reason.endswith(theirs) and not j.spec.get("external")}
 
     def run_jobs(self, run_id: str) -> list[Job]:
         return [self.jobs[i] for i in sorted(self.index.ids("r", run_id))]
