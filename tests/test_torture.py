@@ -43,8 +43,8 @@ def kill_loop(p: Proj, rng: random.Random) -> int:
     attempts = 0
     while kills < KILLS and attempts < KILLS * 3:
         attempts += 1
-        proc = p.popen("run", str(p.path), "--state-dir", str(p.state), "cpu_slots: 8")
-        time.sleep(rng.uniform(0.05, 0.9))
+        proc = p.popen("run", str(p.path), "--state-dir", str(p.state), "cpu_slots: 4")
+        time.sleep(rng.uniform(0.05, 0.6))  # 20 kills land well inside ~10 s of work on 4 slots
         if proc.poll() is not None:
             proc.communicate(timeout=10)
             break  # the plan finished: nothing left to interrupt
