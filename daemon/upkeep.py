@@ -107,6 +107,13 @@ def training_check(project: Project, now: float, cancels: list[tuple[Project, Ha
 
 
 def tick(project: Project, cancels: list[tuple[Project, Handle]]) -> None:
+    from daemon.model import PlanState as P
+
+    plan = project.plan
+    idle = plan is None or (plan.state not in (P.SANITY, P.DEPLOYING)
+                            and not (plan.state is P.BLOCKED and plan.reason.startswith("budget:")))
+    if idle and not project.active_jobs():
+        return  # nothing runs and nothing may launch: an idle project costs nothing per tick
     now = time.time()
     project.flag_overtime(now)
     # the ledger walks every started job: with a big queue, recompute it less often
