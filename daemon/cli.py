@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -80,7 +81,14 @@ def main(argv: list[str] | None = None) -> int:
     from daemon.errors import ExpbridgeError
 
     try:
-        return commands.dispatch(args)
+        code = commands.dispatch(args)
+        if args.cmd in ("run", "daemon"):
+            # state is committed and files written: do not let a network call that a hung host
+            # left open in a worker thread keep the process alive at exit
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        return code
     except ExpbridgeError as exc:
         print(f"expbridge: {exc}", file=sys.stderr)
         return 2

@@ -112,7 +112,8 @@ class Core(BackendEdges):
             waiter.close()
         for project in self.projects.values():
             upkeep.close(project)
-        self.pool.shutdown(wait=True, cancel_futures=False)
+        # a network call a hung host left open must not hold the exit: state is already committed
+        self.pool.shutdown(wait=False, cancel_futures=True)
         self.store.close()
         for lock in self.locks:
             lock.release()
