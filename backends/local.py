@@ -108,7 +108,7 @@ class LocalBackend:
         """
         job_dir = Path(job.job_dir)
         deadline = time.monotonic() + grace_s
-        while not (job_dir / "pid").exists() and not (job_dir / "exit").exists():
+        while not _nonempty(job_dir / "pid") and not (job_dir / "exit").exists():
             if not job_dir.exists() or time.monotonic() > deadline:
                 return None
             time.sleep(0.02)
@@ -134,6 +134,14 @@ class LocalBackend:
 
     def fetch(self, handle: Handle, dest: Path) -> None:
         return None  # outputs are already where the job wrote them
+
+
+def _nonempty(path: Path) -> bool:
+    """pid and started are written in place by the wrapper: empty means still being written."""
+    try:
+        return path.stat().st_size > 0
+    except OSError:
+        return False
 
 
 def _cmdline_has(pid: int, text: str) -> bool:

@@ -56,7 +56,8 @@ def test_launch_is_verified_by_started_file(env: ContractEnv) -> None:
     handle = env.backend.submit(env.spec("st1", "sleep 1"), env.slot)
     if env.real_processes:
         started = env.to_local(handle.job_dir) / "started"
-        wait_for(started.exists, timeout=60, what="started file")
+        # the wrapper writes `started` in place: an empty file is one being written
+        wait_for(lambda: started.exists() and started.read_text().strip(), timeout=60, what="started file")
         assert float(started.read_text().split()[0]) > 0
     assert finish(env, handle).outcome == "ok"
 
@@ -79,7 +80,8 @@ def test_cancel_kills_the_whole_group_and_is_idempotent(env: ContractEnv, tmp_pa
 def test_suspend_and_resume(env: ContractEnv) -> None:
     handle = env.backend.submit(env.spec("sr1", "sleep 3"), env.slot)
     if env.real_processes:
-        wait_for((env.to_local(handle.job_dir) / "pid").exists, timeout=60, what="pid file")
+        pid_path = env.to_local(handle.job_dir) / "pid"
+        wait_for(lambda: pid_path.exists() and pid_path.read_text().strip(), timeout=60, what="pid file")
     if not env.backend.suspend(handle):
         env.backend.cancel(handle)
         pytest.skip(f"{env.backend.name} does not support suspend")  # allow-listed per backend
@@ -107,7 +109,7 @@ def test_vanished_job_without_exit_file_is_lost(env: ContractEnv) -> None:
         pytest.skip("the in-memory fake has no processes to lose")  # allow-listed
     handle = env.backend.submit(env.spec("lost1", "sleep 300"), env.slot)
     pid_file = env.to_local(handle.job_dir) / "pid"
-    wait_for(pid_file.exists, timeout=60, what="pid file")
+    wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), timeout=60, what="pid file")
     subprocess.run(["kill", "-9", "--", f"-{int(pid_file.read_text())}"], check=False)
     status = finish(env, handle)
     assert status.phase == "lost" or status.outcome in ("lost", "failed")
