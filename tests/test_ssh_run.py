@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -82,43 +80,3 @@ def test_kill_9_mid_run_then_restart_adopts_remote_jobs(project_factory, ssh_hos
         assert len(started) == 1, (job, started)
     assert len(list(p.path.glob("out/s*.txt"))) == 4
 
-
-def _session_pids(host) -> list[int]:
-    """The sshd processes serving this host's user: what freezes when a server hangs."""
-    out = subprocess.run(["pgrep", "-u", host.user, "-x", "sshd"], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
-
-
-def test_a_frozen_sshd_delays_but_loses_nothing_and_launches_nothing_twice(
-        project_factory, ssh_hosts, tmp_path: Path) -> None:
-    manifest = GRID.replace("sleep 1;", "sleep 2;")
-    p = prepare(project_factory, ssh_hosts, manifest)
-    first = p.popen("run", str(p.path), "--state-dir", str(p.state), "--config", ssh_config(tmp_path, ssh_hosts))
-    frozen: list[int] = []
-    try:
-        wait_for(lambda: sum(1 for s in p.job_states().values() if s == "running") >= 2, timeout=60,
-                 what="remote jobs running")
-        frozen = _session_pids(ssh_hosts.a)
-        assert frozen, "no sshd session process to freeze"
-        for pid in frozen:
-            os.kill(pid, signal.SIGSTOP)
-        time.sleep(4)
-    finally:
-        for pid in frozen:
-            try:
-                os.kill(pid, signal.SIGCONT)
-            except ProcessLookupError:
-                pass
-    try:
-        out, _ = first.communicate(timeout=180)
-    finally:
-        first.kill()
-    assert first.returncode == 0, out[-3000:]
-    print(f"froze {len(frozen)} sshd session process(es) of eb-a for 4 s mid-run")
-    with p.db() as conn:
-        run_ts = conn.execute("SELECT run_ts FROM plans").fetchone()[0]
-    homes = [h.home for h in ssh_hosts.hosts.values()]
-    for job in ("g-s0", "g-s1", "g-s2", "g-s3"):
-        started = [f for home in homes for f in home.glob(f".expbridge/runs/proj-{run_ts}/jobs/{job}/a*/started")]
-        assert len(started) == 1, (job, started)
-    assert len(list(p.path.glob("out/s*.txt"))) == 4
